@@ -1,0 +1,69 @@
+"""transformers `generate` backend: batched, left-padded, stop strings; runs on CPU."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import ModelError
+from . import Completion, SamplingParams, load_tokenizer
+
+
+class HFSampler:
+    def __init__(self, model: str, *, batch_size: int = 32, dtype: str = "auto", device: str | None = None,
+                 model_obj: Any = None, tokenizer: Any = None):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        self.tokenizer = tokenizer or load_tokenizer(model)
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        if model_obj is None:
+            try:
+                model_obj = AutoModelForCausalLM.from_pretrained(model, dtype=dtype)
+            except (OSError, ValueError) as e:
+                raise ModelError(f"cannot load model {model!r} ({str(e).splitlines()[0][:160]}); give a folder "
+                                 f"written by save_pretrained or a reachable hub id") from None
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = model_obj.to(self.device).eval()
+        self.batch_size = batch_size
+        eos = self.model.generation_config.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        self.eos_ids.add(self.tokenizer.eos_token_id)
+
+    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
+        import torch
+
+        flat = [p for p in prompts for _ in range(params.n)]  # (P * n,)
+        out: list[Completion] = []
+        for start in range(0, len(flat), self.batch_size):
+            batch = flat[start:start + self.batch_size]
+            enc = self.tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+            torch.manual_seed(params.seed + start)
+            kwargs: dict[str, Any] = dict(max_new_tokens=params.max_tokens, pad_token_id=self.tokenizer.pad_token_id)
+            if params.temperature > 0:
+                kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
+            else:
+                kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+            if params.stop:
+                kwargs.update(stop_strings=params.stop, tokenizer=self.tokenizer)
+            with torch.no_grad():
+                seqs = self.model.generate(**enc, **kwargs)
+            gen = seqs[:, enc["input_ids"].shape[1]:]  # (B, T_new)
+            for row in gen.tolist():
+                out.append(self._completion(row, params))
+        return [out[i * params.n:(i + 1) * params.n] for i in range(len(prompts))]
+
+    def _completion(self, ids: list[int], params: SamplingParams) -> Completion:
+        # Cut at the first end-of-sequence token; padding after it is not part of the response.
+        n, finish = len(ids), "length"
+        for i, t in enumerate(ids):
+            if t in self.eos_ids:
+                n, finish = i + 1, "stop"
+                break
+        text = self.tokenizer.decode(ids[:n], skip_special_tokens=True)
+        for s in params.stop:
+            j = text.find(s)
+            if j >= 0:  # generate() stops *after* the stop string; keep it, as the TIR loop needs it
+                text, finish = text[:j + len(s)], "stop"
+        return Completion(text=text, num_tokens=n, finish_reason=finish)

@@ -1,0 +1,100 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import run_cli
+from still_cli.metrics import pass_at_k
+
+
+def _samples(out):
+    return [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+
+
+def test_eval_tiny_model_writes_files_and_metrics(tmp_path, tiny_model):
+    out = tmp_path / "run"
+    r = run_cli("eval", "aime2024", "math500", "--model", str(tiny_model), "--n", "2", "--max-tokens", "16",
+                "--limit", "3", "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert set(results) == {"aime2024", "math500"}
+    for res in results.values():
+        assert res["problems"] == 3 and res["samples"] == 6 and res["n_per_problem"] == 2
+        assert {"pass@1", "pass@2", "maj@2", "mean_length", "max_length", "truncated"} <= set(res)
+        assert 0 < res["max_length"] <= 16
+    assert "by_level" in results["math500"] and "by_subject" in results["math500"]
+    rows = _samples(out)
+    assert len(rows) == 12 and {"response", "extracted", "correct", "num_tokens"} <= set(rows[0])
+    assert "pass@1" in r.stdout  # the table goes to stdout
+
+
+def test_eval_resumes_after_kill_without_regenerating(tmp_path, tiny_model):
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "still_cli.cli", "eval", "gsm8k", "--model", str(tiny_model), "--n", "2",
+            "--max-tokens", "48", "--limit", "40", "--batch-size", "4", "-o", str(out)]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        p = out / "samples.jsonl"
+        if p.exists() and len(p.read_text().splitlines()) >= 10:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = _samples(out)
+    assert 10 <= len(before) < 80, "the kill must land midway"
+    r = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    after = _samples(out)
+    keys = [(s["id"], s["sample_idx"]) for s in after]
+    assert len(after) == 80 and len(set(keys)) == 80  # every sample once
+    assert after[: len(before)] == before  # finished samples kept verbatim, not regenerated
+    assert json.loads((out / "results.json").read_text())["gsm8k"]["samples"] == 80
+
+
+def test_resume_with_different_settings_is_refused(tmp_path, tiny_model):
+    out = tmp_path / "run"
+    base = ["eval", "amc2023", "--model", str(tiny_model), "--max-tokens", "8", "--limit", "1", "-o", str(out)]
+    assert run_cli(*base).returncode == 0
+    r = run_cli(*base, "--temperature", "1.0")
+    assert r.returncode == 1 and "temperature" in r.stderr and "new --output" in r.stderr
+
+
+def test_responses_mode_matches_hand_computed_metrics(tmp_path):
+    rows = [
+        {"id": "p1", "problem": "q1", "gold": "4", "outs": ["\\boxed{4}", "\\boxed{5}", "\\boxed{4}", "no"]},
+        {"id": "p2", "problem": "q2", "gold": "\\frac12", "outs": ["\\boxed{0.5}", "\\boxed{3}", "\\boxed{3}", "\\boxed{1/2}"]},
+        {"id": "p3", "problem": "q3", "gold": "7", "outs": ["\\boxed{1}", "\\boxed{2}", "\\boxed{2}", "\\boxed{7}"]},
+    ]
+    f = tmp_path / "theirs.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "rescore"
+    r = run_cli("eval", "--responses", str(f), "--answer-field", "gold", "--responses-field", "outs",
+                "--pass-k", "1,2", "--maj-k", "2", "--maj-k", "4", "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    (res,) = json.loads((out / "results.json").read_text()).values()
+    # by hand: c = 2, 2, 1 of n = 4
+    assert res["pass@1"] == pytest.approx((0.5 + 0.5 + 0.25) / 3)
+    assert res["pass@2"] == pytest.approx(((1 - 1 / 6) * 2 + (1 - 3 / 6)) / 3)
+    # maj@4: p1 "4" wins 2-1; p2 0.5 and 1/2 vote together and tie with 3, first seen wins; p3 "2" wins
+    assert res["maj@4"] == pytest.approx(2 / 3)
+    # maj@2: p1 4 vs 5 -> 4 (first); p2 0.5 vs 3 -> 0.5; p3 1 vs 2 -> 1 (wrong)
+    assert res["maj@2"] == pytest.approx(2 / 3)
+    assert res["no_answer"] == pytest.approx(1 / 12)
+
+
+def test_responses_mode_bad_column(tmp_path):
+    f = tmp_path / "t.jsonl"
+    f.write_text(json.dumps({"problem": "q", "answer": "1", "responses": 5}) + "\n")
+    r = run_cli("eval", "--responses", str(f), "-o", str(tmp_path / "o"))
+    assert r.returncode == 1 and "row 1" in r.stderr and "--responses-field" in r.stderr
+
+
+def test_pass_at_k_formula():
+    assert pass_at_k(4, 0, 2) == 0.0 and pass_at_k(4, 4, 2) == 1.0
+    assert pass_at_k(10, 3, 1) == pytest.approx(0.3)
+    assert pass_at_k(5, 2, 4) == 1.0  # n - c < k
