@@ -100,3 +100,14 @@ def test_batch_matches_single_calls():
     assert grade_batch(responses, golds, workers=2) == expected
     assert [grade(r, g) for r, g in zip(responses, golds)] == expected
     assert match_batch(["1", "2"], [None, "2"]) == [False, True]
+
+
+def test_public_case_set_is_graded_as_labelled():
+    """The benchmark's hand-written case set (benchmarks/grading_cases.jsonl): every verdict right."""
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "grading_cases.jsonl"
+    cases = [json.loads(x) for x in path.read_text().splitlines()]
+    wrong = [c for c in cases if grade(c["response"], c["gold"]) != c["expected"]]
+    assert len(cases) >= 70 and wrong == []
