@@ -170,13 +170,12 @@ def not_built(name: str, summary: str, examples: list[str], issue: str) -> None:
 
 def _register_stages() -> None:
     from .stages.eval import EvalConfig
+    from .stages.sft import SFTStageConfig
     from .tiny_model import InitModelConfig
 
     not_built("distill", "Sample long chains of thought from a teacher; keep the verified ones.",
               ["still distill --teacher Qwen/QwQ-32B --backend openai --data math_train --n 4 -o distilled.jsonl"],
               "issue 4")
-    not_built("sft", "Supervised fine-tuning (full or LoRA) on chat rows; DPO on preference pairs.",
-              ["still sft --model runs/tiny --data distilled.jsonl -o runs/sft"], "issue 5")
     not_built("explore", "Many rollouts per problem: difficulty table, verified traces, preference pairs.",
               ["still explore --model runs/sft --data math_train --n 16 -o runs/explore"], "issue 4")
     not_built("rl", "GRPO with verifiable rewards and a difficulty-staged curriculum.",
@@ -192,6 +191,15 @@ def _register_stages() -> None:
             "--temperature 0.6 --top-p 0.95 --max-tokens 32768 -o runs/eval-r1",
             "still eval aime2024 --model runs/tiny --n 2 --max-tokens 64 --limit 4 -o runs/eval-tiny",
             "still eval --responses their_outputs.jsonl --answer-field gold --responses-field responses -o runs/rescore",
+        ])
+    stage_command(
+        "sft", SFTStageConfig, "stages.sft:main",
+        summary="Supervised fine-tuning (full or LoRA) on chat rows; DPO on preference pairs.",
+        examples=[
+            "still sft --model runs/tiny --data recipes/tiny/sft_rows.jsonl --max-steps 50 --learning-rate 1e-3 -o runs/sft",
+            "still sft --model Qwen/Qwen2.5-32B-Instruct --data distilled.jsonl --recipe recipes/still2/sft.yaml -o runs/still2",
+            "still sft --model runs/sft --data explored/pairs.jsonl --method dpo --use-peft --merge-lora -o runs/dpo",
+            "still sft --model runs/tiny --data rows.jsonl -o runs/sft --resume   # after a crash",
         ])
     stage_command(
         "init-model", InitModelConfig, "tiny_model:main", positional="output",

@@ -1,0 +1,199 @@
+"""`still sft`: imitate (STILL-2, arXiv 2412.09413) with TRL's SFTTrainer; `--method dpo` with DPOTrainer.
+
+Rows (JSONL / Parquet / datasets folder / `-`), any of:
+  * `{"messages": [{"role": "user", ...}, {"role": "assistant", ...}]}`: loss on assistant turns only
+    (TRL's `assistant_only_loss`, through the training variant of the model's chat template);
+  * `{"prompt": ..., "completion": ...}` (strings or message lists): loss on the completion only;
+  * problem rows with a response column, e.g. STILL-2's `{question, combined_text}`:
+    `--problem-field question --response-field combined_text` builds user/assistant messages.
+  * `--method dpo`: `{"prompt", "chosen", "rejected"}` preference pairs (explore's pairs file).
+
+Writes to `-o DIR`: the trained model + tokenizer (a folder every stage loads; LoRA adapters are
+merged into the base weights with `merge_lora`, else saved as an adapter folder), `config.yaml`,
+`metrics.jsonl` (TRL's log history, one row per logging step), `checkpoints/checkpoint-N`.
+`--resume` continues from the last checkpoint with the same data order (the Trainer restores the
+optimizer, scheduler, RNG states and skips the batches already seen).
+
+Differences from the paper: STILL-2 trains Qwen2.5-32B with full fine-tuning on 3.9k examples; the
+recipes ship those settings (recipes/still2/sft.yaml); defaults here are sized for small models.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from ..config import require
+
+log = logging.getLogger("still.sft")
+
+
+@dataclass
+class SFTStageConfig:
+    """Supervised fine-tuning (full or LoRA) on chat rows, or DPO on preference pairs."""
+
+    model: str = field(default="", metadata={"help": "Model folder or hub id to start from."})
+    data: str = field(default="", metadata={"help": "Training rows: file, datasets folder, or - for stdin."})
+    output: str = field(default="", metadata={"help": "Run folder: the trained model, config.yaml, metrics.jsonl, checkpoints/."})
+    method: Literal["sft", "dpo"] = field(default="sft", metadata={"help": "sft (SFTTrainer) or dpo (DPOTrainer on pairs)."})
+    use_peft: bool = field(default=False, metadata={"help": "Train LoRA adapters (peft) instead of all weights."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling alpha."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
+    lora_target_modules: list[str] = field(default_factory=lambda: ["all-linear"], metadata={
+        "help": "Modules to adapt; all-linear = every linear layer but the output head."})
+    merge_lora: bool = field(default=False, metadata={
+        "help": "Merge LoRA weights into the base model when saving (a plain model folder)."})
+    max_length: int | None = field(default=4096, metadata={"help": "Truncate tokenized rows to this length; None = no limit."})
+    packing: bool = field(default=False, metadata={"help": "Pack several rows into each sequence (SFT only)."})
+    num_train_epochs: float = field(default=3.0, metadata={"help": "Passes over the data (ignored when max_steps > 0)."})
+    max_steps: int = field(default=-1, metadata={"help": "Total optimizer steps; -1 = from epochs."})
+    learning_rate: float = field(default=1e-5, metadata={"help": "Peak learning rate."})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "transformers scheduler name (cosine, linear, constant_with_warmup, ...)."})
+    warmup_steps: int = field(default=0, metadata={"help": "Linear warm-up steps."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    per_device_train_batch_size: int = field(default=8, metadata={"help": "Rows per device per micro-batch."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for memory (on for large models)."})
+    bf16: bool | None = field(default=None, metadata={"help": "bfloat16 training; None = on when a GPU supports it."})
+    save_steps: int = field(default=500, metadata={"help": "Checkpoint every N steps (for --resume)."})
+    save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept; None = all."})
+    logging_steps: int = field(default=10, metadata={"help": "Log (metrics.jsonl) every N steps."})
+    seed: int = field(default=42, metadata={"help": "Seed for init, data order and dropout."})
+    resume: bool = field(default=False, metadata={"help": "Continue from the last checkpoint in OUTPUT/checkpoints."})
+    report_to: list[str] = field(default_factory=lambda: ["none"], metadata={"help": "none, tensorboard, wandb."})
+    beta: float = field(default=0.1, metadata={"help": "dpo: KL strength of the implicit reward."})
+    dpo_loss_type: str = field(default="sigmoid", metadata={"help": "dpo: TRL loss type (sigmoid, ipo, ...)."})
+    messages_field: str = field(default="messages", metadata={"help": "Column with chat messages."})
+    problem_field: str = field(default="problem", metadata={"help": "With response_field: column with the question."})
+    response_field: str | None = field(default=None, metadata={
+        "help": "Column with the target response (e.g. combined_text) for rows without messages."})
+
+    def __post_init__(self):
+        require(bool(self.model), "sft needs --model (a folder or hub id), e.g. --model runs/tiny")
+        require(bool(self.data), "sft needs --data rows, e.g. --data distilled.jsonl (or - for stdin)")
+        require(bool(self.output), "sft needs an output folder; add -o runs/sft")
+        require(self.learning_rate > 0, f"learning_rate = {self.learning_rate} must be > 0")
+        require(self.per_device_train_batch_size >= 1, "per_device_train_batch_size must be >= 1")
+        require(not (self.packing and self.method == "dpo"), "packing applies to sft only; drop --packing for dpo")
+        require(self.max_steps > 0 or self.num_train_epochs > 0, "give max_steps > 0 or num_train_epochs > 0")
+
+
+def _to_examples(rows: list[dict[str, Any]], c: SFTStageConfig, source: str) -> list[dict[str, Any]]:
+    """Rows -> the shapes TRL takes: messages / prompt+completion (SFT), prompt+chosen+rejected (DPO)."""
+    from ..errors import DataError
+
+    out = []
+    for i, r in enumerate(rows, 1):
+        if c.method == "dpo":
+            if not all(k in r for k in ("prompt", "chosen", "rejected")):
+                raise DataError(f"{source} row {i}: dpo needs prompt, chosen and rejected (has {', '.join(r)}); "
+                                f"use explore's pairs file")
+            out.append({k: r[k] for k in ("prompt", "chosen", "rejected")})
+        elif c.messages_field in r:
+            msgs = r[c.messages_field]
+            if not isinstance(msgs, list) or not any(isinstance(m, dict) and m.get("role") == "assistant" for m in msgs):
+                raise DataError(f"{source} row {i}: {c.messages_field!r} must be a list of messages with an "
+                                f"assistant turn")
+            out.append({"messages": [{"role": m["role"], "content": m["content"]} for m in msgs]})
+        elif "prompt" in r and "completion" in r:
+            out.append({"prompt": r["prompt"], "completion": r["completion"]})
+        elif c.response_field and c.problem_field in r and c.response_field in r:
+            out.append({"messages": [{"role": "user", "content": r[c.problem_field]},
+                                     {"role": "assistant", "content": r[c.response_field]}]})
+        else:
+            raise DataError(f"{source} row {i}: no {c.messages_field!r}, no prompt/completion, and no response column "
+                            f"(has {', '.join(r)}); map one with --messages-field or --response-field")
+    if not out:
+        raise DataError(f"{source} has no training rows; nothing to train on")
+    return out
+
+
+def _checkpoint_state(ckpt_dir: Path, resume: bool) -> bool:
+    from ..errors import ConfigError
+
+    has = ckpt_dir.is_dir() and any(p.name.startswith("checkpoint-") for p in ckpt_dir.iterdir())
+    if resume and not has:
+        raise ConfigError(f"--resume given but {ckpt_dir} holds no checkpoint; run without --resume")
+    if not resume and has:
+        raise ConfigError(f"{ckpt_dir} holds checkpoints of an earlier run; add --resume to continue it, "
+                          f"or choose a new -o")
+    return has
+
+
+def _trl_args(c: SFTStageConfig, ckpt_dir: Path, cuda: bool) -> dict[str, Any]:
+    bf16 = c.bf16 if c.bf16 is not None else bool(cuda and __import__("torch").cuda.is_bf16_supported())
+    return dict(
+        output_dir=str(ckpt_dir), num_train_epochs=c.num_train_epochs, max_steps=c.max_steps,
+        learning_rate=c.learning_rate, lr_scheduler_type=c.lr_scheduler_type, warmup_steps=c.warmup_steps,
+        weight_decay=c.weight_decay, per_device_train_batch_size=c.per_device_train_batch_size,
+        gradient_accumulation_steps=c.gradient_accumulation_steps, gradient_checkpointing=c.gradient_checkpointing,
+        bf16=bf16, use_cpu=not cuda, save_strategy="steps", save_steps=c.save_steps,
+        save_total_limit=c.save_total_limit, logging_steps=c.logging_steps, seed=c.seed, data_seed=c.seed,
+        report_to=c.report_to, max_length=c.max_length, disable_tqdm=False,
+    )
+
+
+def run(c: SFTStageConfig) -> Path:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+
+    from ..config import write_resolved
+    from ..data import read_rows
+    from ..sampling import load_tokenizer
+
+    out = Path(c.output)
+    ckpt_dir = out / "checkpoints"
+    resuming = _checkpoint_state(ckpt_dir, c.resume)
+    # --- data ---------------------------------------------------------------------------------
+    examples = _to_examples(read_rows(c.data), c, c.data)
+    dataset = Dataset.from_list(examples)
+    log.info("%s on %d rows from %s", c.method, len(dataset), c.data)
+    # --- model ------------------------------------------------------------------------------------
+    tokenizer = load_tokenizer(c.model)
+    model = AutoModelForCausalLM.from_pretrained(c.model, dtype="auto")
+    peft_config = None
+    if c.use_peft:
+        from peft import LoraConfig
+
+        targets = c.lora_target_modules[0] if c.lora_target_modules == ["all-linear"] else c.lora_target_modules
+        peft_config = LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout,
+                                 target_modules=targets, task_type="CAUSAL_LM")
+    cuda = torch.cuda.is_available()
+    write_resolved(c, out)
+    # --- trainer ----------------------------------------------------------------------------------
+    if c.method == "dpo":
+        from trl import DPOConfig, DPOTrainer
+
+        args = DPOConfig(**_trl_args(c, ckpt_dir, cuda), beta=c.beta, loss_type=[c.dpo_loss_type])
+        trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                             peft_config=peft_config)
+    else:
+        from trl import SFTConfig, SFTTrainer
+
+        args = SFTConfig(**_trl_args(c, ckpt_dir, cuda), packing=c.packing,
+                         assistant_only_loss="messages" in dataset.column_names)
+        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                             peft_config=peft_config)
+    # the Trainer prints its log dicts on stdout; stdout is for results (pipelines), so send them to stderr
+    with contextlib.redirect_stdout(sys.stderr):
+        trainer.train(resume_from_checkpoint=True if resuming else None)
+    # --- save -------------------------------------------------------------------------------------
+    final = trainer.model
+    if c.use_peft and c.merge_lora:
+        final = final.merge_and_unload()
+    final.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    with open(out / "metrics.jsonl", "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in trainer.state.log_history)
+    return out
+
+
+def main(c: SFTStageConfig) -> None:
+    print(run(c))

@@ -1,0 +1,113 @@
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import run_cli
+from still_cli.errors import ConfigError, DataError
+from still_cli.stages.sft import SFTStageConfig, run
+
+
+def _weights(folder):
+    return load_file(str(folder / "model.safetensors"))
+
+
+def _losses(folder):
+    return [r["loss"] for r in map(json.loads, (folder / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+
+
+def _changed(a, b):
+    return any(not torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def sft_rows(tmp_path_factory):
+    p = tmp_path_factory.mktemp("rows") / "sft.jsonl"
+    rows = [{"messages": [{"role": "user", "content": f"What is {a} + {b}?"},
+                          {"role": "assistant", "content": f"<think>\n{a} + {b} = {a + b}\n</think>\n\nThe answer is \\boxed{{{a + b}}}."}]}
+            for a in range(8) for b in range(8)]
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return p
+
+
+@pytest.fixture(scope="module")
+def dpo_rows(tmp_path_factory):
+    p = tmp_path_factory.mktemp("rows") / "pairs.jsonl"
+    rows = [{"prompt": [{"role": "user", "content": f"What is {a} + {b}?"}],
+             "chosen": [{"role": "assistant", "content": f"The answer is \\boxed{{{a + b}}}."}],
+             "rejected": [{"role": "assistant", "content": f"I am not sure, maybe {a * b + 7}"}]}
+            for a in range(6) for b in range(6)]
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return p
+
+
+def _cfg(model, data, out, **kw):
+    base = dict(model=str(model), data=str(data), output=str(out), max_steps=16, learning_rate=1e-3,
+                logging_steps=4, save_steps=8, per_device_train_batch_size=8)
+    return SFTStageConfig(**{**base, **kw})
+
+
+def test_full_sft_changes_weights_and_lowers_loss(tiny_model, sft_rows, tmp_path):
+    out = run(_cfg(tiny_model, sft_rows, tmp_path / "full"))
+    assert _changed(_weights(tiny_model), _weights(out))
+    losses = _losses(out)
+    assert losses[-1] < losses[0] * 0.9
+    assert (out / "config.yaml").exists() and (out / "tokenizer.json").exists()
+
+
+def test_lora_sft_merged_changes_weights_and_lowers_loss(tiny_model, sft_rows, tmp_path):
+    out = run(_cfg(tiny_model, sft_rows, tmp_path / "lora", use_peft=True, merge_lora=True, lora_r=8))
+    before, after = _weights(tiny_model), _weights(out)
+    assert set(before) == set(after)  # merged: a plain model folder, no adapter keys
+    assert _changed(before, after)
+    losses = _losses(out)
+    assert losses[-1] < losses[0]
+
+
+def test_dpo_changes_weights_and_lowers_loss(tiny_model, dpo_rows, tmp_path):
+    out = run(_cfg(tiny_model, dpo_rows, tmp_path / "dpo", method="dpo", max_steps=20, logging_steps=5))
+    assert _changed(_weights(tiny_model), _weights(out))
+    losses = _losses(out)
+    assert losses[-1] < losses[0]
+
+
+def test_resume_continues_from_checkpoint_with_same_data_order(tiny_model, sft_rows, tmp_path):
+    full = run(_cfg(tiny_model, sft_rows, tmp_path / "a", seed=3))
+    # "crash" after step 8: only the step-8 checkpoint survived
+    crashed = tmp_path / "b"
+    (crashed / "checkpoints").mkdir(parents=True)
+    shutil.copytree(full / "checkpoints" / "checkpoint-8", crashed / "checkpoints" / "checkpoint-8")
+    resumed = run(_cfg(tiny_model, sft_rows, crashed, seed=3, resume=True))
+    steps = [r["step"] for r in map(json.loads, (resumed / "metrics.jsonl").read_text().splitlines())]
+    assert steps[-1] == 16
+    a, b = _weights(full), _weights(resumed)
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a), "resumed run diverged from the uninterrupted one"
+
+
+def test_resume_guards(tiny_model, sft_rows, tmp_path):
+    with pytest.raises(ConfigError, match="holds no checkpoint"):
+        run(_cfg(tiny_model, sft_rows, tmp_path / "x", resume=True))
+    (tmp_path / "y" / "checkpoints" / "checkpoint-4").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="add --resume"):
+        run(_cfg(tiny_model, sft_rows, tmp_path / "y"))
+
+
+def test_rows_without_targets_fail_with_line(tiny_model, tmp_path):
+    p = tmp_path / "bad.jsonl"
+    p.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
+    with pytest.raises(DataError, match="row 1: 'messages' must be a list of messages with an assistant turn"):
+        run(_cfg(tiny_model, p, tmp_path / "o"))
+
+
+def test_sft_cli_from_stdin_with_response_field(tiny_model, tmp_path):
+    rows = "".join(json.dumps({"question": f"{i}+1?", "combined_text": f"<|begin_of_thought|>{i}+1<|end_of_thought|>"
+                               f"<|begin_of_solution|>\\boxed{{{i + 1}}}<|end_of_solution|>"}) + "\n" for i in range(16))
+    out = tmp_path / "cli"
+    r = run_cli("sft", "--model", str(tiny_model), "--data", "-", "--problem-field", "question",
+                "--response-field", "combined_text", "--max-steps", "4", "--learning-rate", "1e-3", "-o", str(out),
+                input=rows)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == str(out)  # only the result on stdout
+    assert _changed(_weights(tiny_model), _weights(out))
