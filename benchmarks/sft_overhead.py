@@ -35,7 +35,7 @@ def direct(model_dir: str, rows: list[dict], out: Path, steps: int) -> float:
     args = SFTConfig(output_dir=str(out / "checkpoints"), max_steps=steps, learning_rate=1e-3, per_device_train_batch_size=16,
                      lr_scheduler_type="cosine", gradient_checkpointing=False, bf16=False, use_cpu=True,
                      save_strategy="steps", save_steps=10_000, logging_steps=10, report_to=["none"], seed=42,
-                     data_seed=42, max_length=256, assistant_only_loss=True, disable_tqdm=True)
+                     data_seed=42, max_length=256, assistant_only_loss=True, disable_tqdm=False)
     trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
     with contextlib.redirect_stdout(sys.stderr):
         trainer.train()
