@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -132,7 +133,9 @@ def _sample_benchmark(config: EvalConfig, sampler: Any, bench: str, appender: An
             chunk = todo[start:start + per_call]
             prompts = [render_prompt(sampler.tokenizer, p["problem"], config.prompt_template,
                                      config.system_prompt, config.prefill_think) for p in chunk]
-            # Seed per problem position so a resumed run draws what the uninterrupted one would have.
+            # Seed from the chunk's first problem, so a rerun over the same remaining problems is
+            # reproducible (a resumed run's chunks start elsewhere, so its draws differ from an
+            # uninterrupted run's; finished samples are never redrawn).
             params.seed = config.seed + problems.index(chunk[0])
             outs = sampler.generate(prompts, params)  # (len(chunk), n)
             flat = [(p, i, c) for p, cs in zip(chunk, outs) for i, c in enumerate(cs)
@@ -182,9 +185,9 @@ def run(config: EvalConfig) -> dict[str, Any]:
         write_resolved(config, out)
         with open(out / "samples.jsonl", "w", encoding="utf-8") as f:
             f.writelines(json.dumps(s, ensure_ascii=False) + "\n" for s in samples)
-        ns = {len([s for s in samples if s["id"] == i]) for i in {s["id"] for s in samples}}
-        pass_k = [k for k in (config.pass_k or [max(ns)]) if k > 1 or config.pass_k]
-        maj_k = [k for k in (config.maj_k or [max(ns)]) if k > 1 or config.maj_k]
+        n_max = max(Counter(s["id"] for s in samples).values())
+        default = [n_max] if n_max > 1 else []
+        pass_k, maj_k = config.pass_k or default, config.maj_k or default
         results = {samples[0]["benchmark"]: summarize(samples, pass_k=pass_k, maj_k=maj_k)}
         results[samples[0]["benchmark"]]["length_unit"] = "words"
     else:
