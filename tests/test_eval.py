@@ -98,3 +98,38 @@ def test_pass_at_k_formula():
     assert pass_at_k(4, 0, 2) == 0.0 and pass_at_k(4, 4, 2) == 1.0
     assert pass_at_k(10, 3, 1) == pytest.approx(0.3)
     assert pass_at_k(5, 2, 4) == 1.0  # n - c < k
+
+
+def test_vllm_backend_missing_is_a_clear_error():
+    pytest.importorskip("torch")
+    try:
+        import vllm  # noqa: F401
+        pytest.skip("vLLM is installed here")
+    except ImportError:
+        pass
+    from still_cli.errors import BackendError
+    from still_cli.sampling import make_sampler
+
+    with pytest.raises(BackendError, match=r"pip install 'still\[vllm\]'"):
+        make_sampler("vllm", "any/model")
+
+
+@pytest.mark.gpu
+def test_vllm_backend_generates_on_gpu(tiny_model):
+    """GPU only (skipped on CPU machines): the vllm backend returns n completions per prompt."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("vllm")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    from still_cli.sampling import SamplingParams, make_sampler
+
+    s = make_sampler("vllm", str(tiny_model))
+    outs = s.generate(["What is 1+1?"], SamplingParams(n=2, max_tokens=8))
+    assert len(outs) == 1 and len(outs[0]) == 2 and all(c.num_tokens <= 8 for c in outs[0])
+
+
+def test_stdout_holds_only_the_results_table(tmp_path, tiny_model):
+    r = run_cli("eval", "amc2023", "--model", str(tiny_model), "--max-tokens", "8", "--limit", "2",
+                "-o", str(tmp_path / "o"))
+    assert r.returncode == 0, r.stderr
+    assert "amc2023" in r.stdout and "Loading" not in r.stdout and "wrote" in r.stderr

@@ -113,6 +113,7 @@ def _sample_row(bench: str, prob: dict[str, Any], idx: int, text: str, num_token
 
 def _sample_benchmark(config: EvalConfig, sampler: Any, bench: str, appender: Any,
                       done: set[tuple[str, str, int]]) -> None:
+    from rich.console import Console
     from rich.progress import Progress
 
     from ..data import read_problems
@@ -127,7 +128,7 @@ def _sample_benchmark(config: EvalConfig, sampler: Any, bench: str, appender: An
     params = SamplingParams(n=config.n, temperature=config.temperature, top_p=config.top_p,
                             max_tokens=config.max_tokens, seed=config.seed)
     per_call = max(1, config.batch_size // config.n)
-    with Progress(transient=True) as bar:  # rich Progress writes to stderr
+    with Progress(console=Console(stderr=True), transient=True) as bar:  # stdout is for results
         task = bar.add_task(f"{bench}", total=len(todo))
         for start in range(0, len(todo), per_call):
             chunk = todo[start:start + per_call]
