@@ -196,7 +196,7 @@ def _register_stages() -> None:
         "sft", SFTStageConfig, "stages.sft:main",
         summary="Supervised fine-tuning (full or LoRA) on chat rows; DPO on preference pairs.",
         examples=[
-            "still sft --model runs/tiny --data recipes/tiny/sft_rows.jsonl --max-steps 50 --learning-rate 1e-3 -o runs/sft",
+            "still sft --model runs/tiny --data data/tiny/arith_sft.jsonl --max-steps 50 --learning-rate 1e-3 -o runs/sft",
             "still sft --model Qwen/Qwen2.5-32B-Instruct --data distilled.jsonl --recipe recipes/still2/sft.yaml -o runs/still2",
             "still sft --model runs/sft --data explored/pairs.jsonl --method dpo --use-peft --merge-lora -o runs/dpo",
             "still sft --model runs/tiny --data rows.jsonl -o runs/sft --resume   # after a crash",
