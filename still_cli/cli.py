@@ -170,6 +170,7 @@ def not_built(name: str, summary: str, examples: list[str], issue: str) -> None:
 
 def _register_stages() -> None:
     from .stages.eval import EvalConfig
+    from .stages.rl import RLConfig
     from .stages.sft import SFTStageConfig
     from .tiny_model import InitModelConfig
 
@@ -178,9 +179,6 @@ def _register_stages() -> None:
               "issue 4")
     not_built("explore", "Many rollouts per problem: difficulty table, verified traces, preference pairs.",
               ["still explore --model runs/sft --data math_train --n 16 -o runs/explore"], "issue 4")
-    not_built("rl", "GRPO with verifiable rewards and a difficulty-staged curriculum.",
-              ["still rl --model runs/sft --data math_train --recipe recipes/staged_difficulty.yaml -o runs/rl"],
-              "issue 5")
     not_built("hint-engineer", "Insert code-use hints into traces and keep verified tool-integrated ones.",
               ["still hint-engineer --model runs/sft --data distilled.jsonl -o hinted.jsonl"], "issue 6")
     stage_command(
@@ -200,6 +198,17 @@ def _register_stages() -> None:
             "still sft --model Qwen/Qwen2.5-32B-Instruct --data distilled.jsonl --recipe recipes/still2/sft.yaml -o runs/still2",
             "still sft --model runs/sft --data explored/pairs.jsonl --method dpo --use-peft --merge-lora -o runs/dpo",
             "still sft --model runs/tiny --data rows.jsonl -o runs/sft --resume   # after a crash",
+        ])
+    stage_command(
+        "rl", RLConfig, "stages.rl:main",
+        summary="GRPO with verifiable rewards and a difficulty-staged curriculum.",
+        examples=[
+            "still rl --model runs/sft-tiny --recipe recipes/tiny/staged_difficulty.yaml -o runs/rl-tiny",
+            "still rl --model deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B --data math_train "
+            "--recipe recipes/staged_difficulty.yaml --difficulty runs/explore/difficulty.jsonl -o runs/rl",
+            "accelerate launch --config_file recipes/accelerate/zero2.yaml -m still_cli.cli rl "
+            "--model M --recipe recipes/still3/rl.yaml -o runs/rl",
+            "still rl --model runs/sft --recipe recipes/tiny/rl.yaml -o runs/rl --resume   # after a crash",
         ])
     stage_command(
         "init-model", InitModelConfig, "tiny_model:main", positional="output",

@@ -166,7 +166,10 @@ def run(c: SFTStageConfig) -> Path:
         peft_config = LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout,
                                  target_modules=targets, task_type="CAUSAL_LM")
     cuda = torch.cuda.is_available()
-    write_resolved(c, out)
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        write_resolved(c, out)
     # --- trainer ----------------------------------------------------------------------------------
     if c.method == "dpo":
         from trl import DPOConfig, DPOTrainer
@@ -184,16 +187,22 @@ def run(c: SFTStageConfig) -> Path:
     # the Trainer prints its log dicts on stdout; stdout is for results (pipelines), so send them to stderr
     with contextlib.redirect_stdout(sys.stderr):
         trainer.train(resume_from_checkpoint=True if resuming else None)
-    # --- save -------------------------------------------------------------------------------------
+    # --- save (rank 0 only under `accelerate launch`) -------------------------------------------
     final = trainer.model
     if c.use_peft and c.merge_lora:
         final = final.merge_and_unload()
-    final.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    with open(out / "metrics.jsonl", "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r) + "\n" for r in trainer.state.log_history)
+    if trainer.accelerator.is_main_process:
+        trainer.accelerator.unwrap_model(final).save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        with open(out / "metrics.jsonl", "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r) + "\n" for r in trainer.state.log_history)
+    trainer.accelerator.wait_for_everyone()
     return out
 
 
 def main(c: SFTStageConfig) -> None:
-    print(run(c))
+    from accelerate import PartialState
+
+    out = run(c)
+    if PartialState().is_main_process:
+        print(out)
