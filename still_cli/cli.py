@@ -281,6 +281,12 @@ def data_convert(
 
 def main() -> None:
     """Console entry point: typed errors become `Error: ...` on stderr and exit 1 (STILL_DEBUG=1: traceback)."""
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)  # stage progress notes; stdout is for results
+    handler.setFormatter(logging.Formatter("[still] %(message)s"))
+    logging.getLogger("still").addHandler(handler)
+    logging.getLogger("still").setLevel(logging.DEBUG if os.environ.get("STILL_DEBUG") else logging.INFO)
     try:
         app(standalone_mode=False, prog_name="still")
     except StillError as e:

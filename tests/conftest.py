@@ -23,3 +23,16 @@ def run_cli(*args: str, input: str | None = None, env: dict | None = None, timeo
     """Run the real console entry point in a subprocess: exit codes, stdout and stderr as a user sees them."""
     return subprocess.run([sys.executable, "-m", "still_cli.cli", *args], input=input, capture_output=True,
                           text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+@pytest.fixture(scope="session")
+def sft_model(tiny_model, tmp_path_factory) -> Path:
+    """The session's tiny model after a short SFT on the arithmetic traces: it writes varied, partly
+    well-formed outputs, so RL rewards differ within groups (a random-init model's never do)."""
+    from still_cli.stages.sft import SFTStageConfig, run
+
+    out = tmp_path_factory.mktemp("sft") / "model"
+    data = Path(__file__).resolve().parents[1] / "data" / "tiny" / "arith_sft.jsonl"
+    return run(SFTStageConfig(model=str(tiny_model), data=str(data), output=str(out), max_steps=60,
+                              learning_rate=3e-3, warmup_steps=5, per_device_train_batch_size=32, max_length=256,
+                              save_steps=1000, logging_steps=20))

@@ -282,7 +282,7 @@ def _stage_problems(c: RLConfig, stage: dict[str, Any], problems: list[dict[str,
 
 def run(c: RLConfig) -> Path:
     import torch
-    from accelerate import PartialState
+    from ..runtime import process_state
     from transformers import AutoModelForCausalLM
 
     from ..config import write_resolved
@@ -291,7 +291,7 @@ def run(c: RLConfig) -> Path:
     from ..sampling import load_tokenizer
 
     out = Path(c.output)
-    dist = PartialState()  # one process, or each rank under `accelerate launch`
+    dist = process_state()  # one process, or each rank under `accelerate launch`
     started = _state_path(out).exists() or (out / "stages").is_dir()
     if started and not c.resume:
         raise ConfigError(f"{out} holds an earlier rl run; add --resume to continue it, or choose a new -o")
@@ -404,8 +404,8 @@ def _build_trainer(c: RLConfig, stage: dict[str, Any], k: int, model: Any, token
 
 
 def main(c: RLConfig) -> None:
-    from accelerate import PartialState
+    from ..runtime import process_state
 
     out = run(c)
-    if PartialState().is_main_process:
+    if process_state().is_main_process:
         print(out)

@@ -121,7 +121,7 @@ class MetricsCallback(TrainerCallback):
         from ..data import JsonlAppender
 
         row = {"stage": self.stage, "stage_index": self.stage_index, "step": state.global_step,
-               "global_step": self.step_offset + state.global_step}
+               "global_step": self.step_offset + state.global_step, "world_size": args.world_size}
         row.update({k: v for k, v in logs.items() if isinstance(v, (int, float, str))})
         with JsonlAppender(self.path) as app:
             app.write(row)

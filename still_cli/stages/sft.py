@@ -166,9 +166,9 @@ def run(c: SFTStageConfig) -> Path:
         peft_config = LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout,
                                  target_modules=targets, task_type="CAUSAL_LM")
     cuda = torch.cuda.is_available()
-    from accelerate import PartialState
+    from ..runtime import process_state
 
-    if PartialState().is_main_process:
+    if process_state().is_main_process:
         write_resolved(c, out)
     # --- trainer ----------------------------------------------------------------------------------
     if c.method == "dpo":
@@ -195,14 +195,14 @@ def run(c: SFTStageConfig) -> Path:
         trainer.accelerator.unwrap_model(final).save_pretrained(out)
         tokenizer.save_pretrained(out)
         with open(out / "metrics.jsonl", "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r) + "\n" for r in trainer.state.log_history)
+            f.writelines(json.dumps({**r, "world_size": args.world_size}) + "\n" for r in trainer.state.log_history)
     trainer.accelerator.wait_for_everyone()
     return out
 
 
 def main(c: SFTStageConfig) -> None:
-    from accelerate import PartialState
+    from ..runtime import process_state
 
     out = run(c)
-    if PartialState().is_main_process:
+    if process_state().is_main_process:
         print(out)
