@@ -169,14 +169,21 @@ def not_built(name: str, summary: str, examples: list[str], issue: str) -> None:
 
 
 def _register_stages() -> None:
+    from .stages.distill import DistillConfig
     from .stages.eval import EvalConfig
     from .stages.rl import RLConfig
     from .stages.sft import SFTStageConfig
     from .tiny_model import InitModelConfig
 
-    not_built("distill", "Sample long chains of thought from a teacher; keep the verified ones.",
-              ["still distill --teacher Qwen/QwQ-32B --backend openai --data math_train --n 4 -o distilled.jsonl"],
-              "issue 4")
+    stage_command(
+        "distill", DistillConfig, "stages.distill:main",
+        summary="Sample long chains of thought from a teacher; keep the verified ones as SFT rows.",
+        examples=[
+            "still distill --teacher Qwen/QwQ-32B --backend openai --base-urls http://gpu1:8000/v1,http://gpu2:8000/v1 "
+            "--data math_train --n 4 --decontaminate aime2024,math500 -o distilled.jsonl",
+            "still distill --teacher arith --backend scripted --data data/tiny/arith_rl.jsonl --n 2 -o distilled.jsonl",
+            "still distill --teacher runs/big --backend hf --data - --max-tokens 512 -o - | still sft --model runs/tiny --data - -o runs/sft",
+        ])
     not_built("explore", "Many rollouts per problem: difficulty table, verified traces, preference pairs.",
               ["still explore --model runs/sft --data math_train --n 16 -o runs/explore"], "issue 4")
     not_built("hint-engineer", "Insert code-use hints into traces and keep verified tool-integrated ones.",

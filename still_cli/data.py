@@ -245,6 +245,15 @@ class JsonlAppender:
         if self.fsync:
             os.fsync(self._f.fileno())
 
+    def write_many(self, rows: list[dict[str, Any]]) -> None:
+        """Several rows in one write + fsync: a kill leaves all of them, or a torn tail that the next
+        open cuts back to whole rows."""
+        if rows:
+            self._f.write("".join(_jsonl_line(r) for r in rows))
+            self._f.flush()
+            if self.fsync:
+                os.fsync(self._f.fileno())
+
     def close(self) -> None:
         self._f.close()
 
@@ -253,3 +262,37 @@ class JsonlAppender:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class StdoutWriter:
+    """`-o -`: rows as JSONL on stdout, flushed per write so the next stage of a pipe sees them at once."""
+
+    existing: list[dict[str, Any]] = []
+    repaired_bytes = 0
+
+    def write(self, row: dict[str, Any]) -> None:
+        self.write_many([row])
+
+    def write_many(self, rows: list[dict[str, Any]]) -> None:
+        sys.stdout.write("".join(_jsonl_line(r) for r in rows))
+        sys.stdout.flush()
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> StdoutWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+def rewrite_rows(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
+    """Replace a JSONL file atomically (write a temp file, fsync, rename): readers see old or new, never half."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(_jsonl_line(r) for r in rows)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

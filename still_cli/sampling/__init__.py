@@ -1,16 +1,17 @@
-"""One `Sampler` interface for every stage; backends: `hf` (transformers, CPU or GPU) and `vllm` (GPU).
+"""One `Sampler` interface for every stage; backends: `hf` (transformers, CPU or GPU), `vllm` (GPU),
+`openai` (any OpenAI-compatible server or fleet of servers) and `scripted` (the tiny task's teacher).
 
-A sampler turns rendered prompts into `n` completions each. Stages never import a backend directly:
-they call `make_sampler(backend, model, ...)`, so eval, explore, distill and RL rollouts run the same
-way on a laptop (hf) and on a GPU node (vllm).
+A sampler turns prompts into `n` completions each. Stages never import a backend directly: they call
+`make_sampler(backend, model, ...)` and `build_prompt(sampler, problem, ...)`, so eval, explore,
+distill and RL rollouts run the same way on a laptop (hf), on a GPU node (vllm) or against an API.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Iterator, Protocol
 
-BACKENDS = ("hf", "vllm")
+BACKENDS = ("hf", "vllm", "openai", "scripted")
 
 
 @dataclass
@@ -51,9 +52,60 @@ def make_sampler(backend: str, model: str, **kwargs: Any) -> Sampler:
         from .vllm import VLLMSampler
 
         return VLLMSampler(model, **kwargs)
+    if backend == "openai":
+        from .openai import OpenAISampler
+
+        return OpenAISampler(model, **kwargs)
+    if backend == "scripted":
+        from .scripted import ScriptedSampler
+
+        return ScriptedSampler(model, **kwargs)
     from ..errors import ConfigError
 
     raise ConfigError(f"backend {backend!r} is unknown; use one of {', '.join(BACKENDS)}")
+
+
+# Config fields each backend takes (stages share these names: --batch-size, --base-urls, ...).
+_BACKEND_SETTINGS = {
+    "hf": ("batch_size", "dtype"),
+    "vllm": ("dtype",),
+    "openai": ("base_urls", "api_key_env", "endpoint", "concurrency", "request_timeout", "max_retries"),
+    "scripted": (),
+}
+
+
+def sampler_from_config(c: Any, model: str) -> Sampler:
+    """Build the sampler a stage's config asks for (`c.backend` + that backend's settings)."""
+    kwargs = {k: getattr(c, k) for k in _BACKEND_SETTINGS.get(c.backend, ()) if hasattr(c, k)}
+    return make_sampler(c.backend, model, **kwargs)
+
+
+def build_prompt(sampler: Any, problem: str, template: str, system_prompt: str | None = None,
+                 prefill_think: bool = False) -> Any:
+    """What `sampler.generate` takes for one problem: chat messages for chat APIs, else rendered text."""
+    if getattr(sampler, "chat_prompts", False):
+        user = PROMPT_TEMPLATES[template].format(problem=problem)
+        return ([{"role": "system", "content": system_prompt}] if system_prompt else []) + \
+            [{"role": "user", "content": user}]
+    return render_prompt(getattr(sampler, "tokenizer", None), problem, template, system_prompt, prefill_think)
+
+
+def iter_generate(sampler: Any, prompts: list[Any], params: SamplingParams, chunk: int = 32,
+                  seeds: list[int] | None = None) -> Iterator[tuple[int, list[Completion]]]:
+    """(prompt index, n completions) as they finish: backends that overlap requests (openai) yield out
+    of order as each prompt completes, seeding sample j of prompt i with `seeds[i] + j` (so a resumed
+    run asks for the same samples); batch backends yield chunk by chunk, in order, seeded per chunk."""
+    if hasattr(sampler, "iter_generate"):
+        yield from sampler.iter_generate(prompts, params, seeds)
+        return
+    per_call = max(1, chunk // max(1, params.n))
+    seed = params.seed
+    for start in range(0, len(prompts), per_call):
+        params.seed = seed + start  # reproducible per chunk
+        outs = sampler.generate(prompts[start:start + per_call], params)
+        for j, cs in enumerate(outs):
+            yield start + j, cs
+    params.seed = seed
 
 
 def load_tokenizer(model: str):
@@ -81,7 +133,7 @@ def render_prompt(tokenizer: Any, problem: str, template: str, system_prompt: st
     user = PROMPT_TEMPLATES[template].format(problem=problem)
     messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + \
         [{"role": "user", "content": user}]
-    if getattr(tokenizer, "chat_template", None):
+    if tokenizer is not None and getattr(tokenizer, "chat_template", None):
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     else:  # a base model without a chat template: plain text
         text = (system_prompt + "\n\n" if system_prompt else "") + user + "\n"
