@@ -171,6 +171,7 @@ def not_built(name: str, summary: str, examples: list[str], issue: str) -> None:
 def _register_stages() -> None:
     from .stages.distill import DistillConfig
     from .stages.eval import EvalConfig
+    from .stages.explore import ExploreConfig
     from .stages.rl import RLConfig
     from .stages.sft import SFTStageConfig
     from .tiny_model import InitModelConfig
@@ -184,8 +185,15 @@ def _register_stages() -> None:
             "still distill --teacher arith --backend scripted --data data/tiny/arith_rl.jsonl --n 2 -o distilled.jsonl",
             "still distill --teacher runs/big --backend hf --data - --max-tokens 512 -o - | still sft --model runs/tiny --data - -o runs/sft",
         ])
-    not_built("explore", "Many rollouts per problem: difficulty table, verified traces, preference pairs.",
-              ["still explore --model runs/sft --data math_train --n 16 -o runs/explore"], "issue 4")
+    stage_command(
+        "explore", ExploreConfig, "stages.explore:main",
+        summary="Many rollouts per problem: difficulty table, verified traces, preference pairs, self-improve merge.",
+        examples=[
+            "still explore --model runs/sft-tiny --data data/tiny/arith_rl.jsonl --n 8 --max-tokens 96 -o runs/explore",
+            "still explore --model runs/sft --data math_train --n 16 --merge-with distilled.jsonl -o runs/explore-r1",
+            "still sft --model runs/sft --data runs/explore-r1/merged.jsonl -o runs/sft-r1   # next round",
+            "still sft --model runs/sft --data runs/explore-r1/pairs.jsonl --method dpo -o runs/dpo",
+        ])
     not_built("hint-engineer", "Insert code-use hints into traces and keep verified tool-integrated ones.",
               ["still hint-engineer --model runs/sft --data distilled.jsonl -o hinted.jsonl"], "issue 6")
     stage_command(

@@ -239,6 +239,10 @@ def _slow_match(gold: str, pred: str, timeout: int | None) -> bool:
 
 def _slow_match_worker(gold: str, pred: str) -> bool:
     """Runs in a worker process; the pool's per-task timeout bounds it (no signals needed)."""
+    import logging
+
+    # Math-Verify warns on every call that its own timeout is off: here the pool's timeout is the bound
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
     try:
         return _slow_match(gold, pred, None)
     except Exception:

@@ -4,7 +4,8 @@
 Faults are consumed one per request, in order: "429" (with Retry-After: 0), "500", "401", "hang" (no answer
 for `hang_seconds`), "drop" (close the connection without a response), "ok". Every request's headers
 and body are recorded in `.requests`. Responders turn (prompt text, request body) into response text:
-`arith_responder` (the scripted arithmetic teacher, wrong on a seeded third of samples) and
+`arith_responder` (the scripted arithmetic teacher, wrong on a seeded third of samples, correct ones in
+three wordings) and
 `HFResponder` (a real model through the hf backend).
 """
 
@@ -31,7 +32,9 @@ def arith_responder(prompt: str, body: dict[str, Any]) -> str:
     rng = random.Random(f"{body.get('seed')}-{m.group(0)}")
     if rng.random() < 1 / 3:
         return "<think>\nI guess.\n</think>\n\nThe answer is \\boxed{" + str(solve(m.group(0)) + 1) + "}."
-    return teacher_trace(m.group(0))
+    trace = teacher_trace(m.group(0))  # correct, in one of three wordings (so kept samples can differ)
+    extra = rng.choice(["", "Let me go over it once more.\n", "Hmm, adding step by step is safest.\n"])
+    return trace.replace("<think>\n", "<think>\n" + extra, 1)
 
 
 class HFResponder:
@@ -67,6 +70,10 @@ class TeacherServer:
 
             def log_message(self, *a):  # quiet
                 pass
+
+            def setup(self):  # headers and body go out in two writes: without NODELAY, Nagle adds ~40 ms
+                super().setup()
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
             def do_POST(self):
                 length = int(self.headers.get("Content-Length", 0))

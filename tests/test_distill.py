@@ -36,14 +36,16 @@ def test_rejection_sampling_keeps_exactly_the_verified_responses(tmp_path):
     for b in bodies:
         prompt = b["messages"][-1]["content"]
         answered.setdefault((prompt, b["seed"]), arith_responder(prompt, b))
-    problems = {p["id"]: p for p in _rows(POOL)[:24]}
-    n_correct = sum(grade(text, next(p["answer"] for p in problems.values() if p["problem"] in prompt))
-                    for (prompt, _), text in answered.items())
+    problems = _rows(POOL)[:24]
+    gold = lambda prompt: next(p["answer"] for p in problems if p["problem"] + "\n" in prompt)  # noqa: E731
+    verdicts = {k: grade(text, gold(k[0])) for k, text in answered.items()}
+    n_correct = sum(verdicts.values())
     assert len(answered) == 72 and 0 < n_correct < 72
     assert all(grade(r["messages"][-1]["content"], r["answer"]) for r in rows)  # nothing wrong kept
-    # identical correct texts of one problem are one trajectory: rows = problems with >= 1 correct sample
-    assert len(rows) == len({r["id"] for r in rows}) == sum(r["num_correct"] > 0 for r in
-                                                             {x["id"]: x for x in rows}.values())
+    # every distinct correct text of a problem is kept once (identical texts are one trajectory)
+    distinct = {(k[0], answered[k]) for k, ok in verdicts.items() if ok}
+    assert len(rows) == len(distinct)
+    assert {(r["messages"][0]["content"], r["messages"][1]["content"]) for r in rows} == distinct
     progress = _rows(tmp_path / "d.progress.jsonl")
     assert len(progress) == 24 and sum(p["num_correct"] for p in progress) == n_correct
     row = rows[0]
