@@ -132,10 +132,11 @@ class OpenAISampler:
         path = "/chat/completions" if self.endpoint == "chat" else "/completions"
         body = self._body(prompt, params, seed)
         last = ""
-        url = self.base_urls[0]
+        start = self._next_url  # round-robin start; each retry then moves to the next URL of the fleet
+        self._next_url += 1
+        url = self.base_urls[start % len(self.base_urls)]
         for attempt in range(self.max_retries + 1):
-            url = self.base_urls[self._next_url % len(self.base_urls)]
-            self._next_url += 1
+            url = self.base_urls[(start + attempt) % len(self.base_urls)]
             retry_after: float | None = None
             try:
                 r = await client.post(url + path, json=body)

@@ -1,0 +1,202 @@
+"""Hostile snippets against the sandbox, each checked from the host's side: the host is alive, no
+process of the snippet survives, nothing was written outside, no secret reached the output."""
+
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from still_cli import sandbox
+from still_cli.sandbox import Limits, Session, run_python
+
+SECRET = "sk-host-secret-7f3a9c"
+
+
+@pytest.fixture(autouse=True)
+def contained(tmp_path):
+    """Around every test: a secret in the host environment; afterwards no sandbox process is left."""
+    os.environ["STILL_TEST_SECRET"] = SECRET
+    yield
+    del os.environ["STILL_TEST_SECRET"]
+    sandbox._shutdown()  # stops the pools of pre-forked, unused sessions
+    sandbox._pools.clear()
+    deadline = time.time() + 5
+    while time.time() < deadline:
+        left = [p for p in psutil.process_iter(["uids", "cmdline"]) if p.info["uids"] and p.info["uids"].real == 65534]
+        if not left:
+            break
+        time.sleep(0.05)
+    assert not left, f"stray sandbox processes: {[p.info['cmdline'] for p in left]}"
+
+
+def full() -> bool:
+    return "pid-namespace" in sandbox.protections()
+
+
+def test_result_shape_and_notebook_semantics():
+    r = run_python("x = 6 * 7\nprint('hi')\nx")
+    assert r.ok and r.output == "hi\n42\n"
+    with Session() as s:
+        assert s.run("import sympy\nv = sympy.Rational(1, 3)").ok
+        assert s.run("v * 3").output == "1\n"  # later cells see earlier cells' variables
+    assert "NameError" in run_python("v").error  # a new session starts empty
+
+
+@pytest.mark.parametrize("code,expect", [
+    ("while True: pass", "timed out after 1 s"),
+    ("import time\ntime.sleep(60)", "timed out after 1 s"),
+    ("def f(): return f()\nf()", "RecursionError"),
+    ("import sys\nsys.setrecursionlimit(10**6)\ndef f(): return f()\nf()", "SandboxError|MemoryError|timed out"),
+    ("import ctypes\nctypes.string_at(0)", "SandboxError"),
+    ("raise SystemExit(3)", "SystemExit: 3"),
+    ("import os\nos._exit(0)", "SandboxError"),
+    ("input()", "EOFError"),
+    ("x = bytearray(10**11)", "MemoryError"),
+])
+def test_each_hostile_snippet_fails_alone(code, expect):
+    r = run_python(code, timeout=1)
+    assert r.error and any(e in r.error for e in expect.split("|")), r
+    assert run_python("1 + 1").output == "2\n"  # and the next call is fine
+
+
+def test_memory_bomb_growing_slowly_is_stopped():
+    r = run_python("a = []\nwhile True: a.append(bytearray(10**7))", timeout=10)
+    assert r.error and ("MemoryError" in r.error or "memory" in r.error), r
+    assert psutil.virtual_memory().available > 2 * 2**30
+
+
+def test_fork_and_thread_bombs_are_capped():
+    r = run_python("import os\npids = []\nwhile True: pids.append(os.fork())", timeout=3)
+    assert r.error and ("BlockingIOError" in r.error or "timed out" in r.error or "SandboxError" in r.error), r
+    r = run_python("import threading, time\nwhile True: threading.Thread(target=time.sleep, args=(60,)).start()",
+                   timeout=3)
+    assert r.error and ("can't start new thread" in r.error or "timed out" in r.error or "RuntimeError" in r.error)
+
+
+def test_grandchildren_die_with_the_session():
+    with Session(Limits(timeout=2)) as s:
+        r = s.run("import subprocess\np = subprocess.Popen(['setsid', 'sleep', '1234'])\nprint(p.pid)")
+        assert r.ok, r
+        assert any("1234" in " ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"]))
+    time.sleep(0.3)
+    assert not any("sleep" in (p.info["cmdline"] or [""])[0] and "1234" in (p.info["cmdline"] or [])
+                   for p in psutil.process_iter(["cmdline"]))
+
+
+def test_subprocess_that_hangs_is_killed_with_its_tree():
+    r = run_python("import subprocess\nsubprocess.run(['sleep', '4321'])", timeout=1)
+    assert "timed out" in r.error
+    time.sleep(0.3)
+    assert not any("4321" in (p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"]))
+
+
+def test_no_writes_outside_and_scratch_is_removed(tmp_path):
+    target = tmp_path / "escaped.txt"
+    r = run_python(f"open({str(target)!r}, 'w').write('x')")
+    assert r.error and not target.exists()
+    r = run_python("import os\nopen('/tmp/planted.txt', 'w').write('x')\nopen('note.txt', 'w').write('y')\nos.getcwd()")
+    assert r.ok, r
+    cwd = r.output.strip().strip("'")
+    assert not Path("/tmp/planted.txt").exists() and not Path(cwd, "note.txt").exists()
+    r = run_python("open('big', 'wb').write(b'0' * 200 * 2**20)")  # fill the disk: capped
+    assert r.error and ("No space" in r.error or "File too large" in r.error), r
+
+
+def test_secrets_and_home_are_out_of_reach():
+    secret_file = Path.home() / ".still-test-secret"
+    secret_file.write_text(SECRET)
+    try:
+        code = ("import os, glob\nfor p in ['~/.still-test-secret', '/proc/self/environ', '/proc/1/environ']:\n"
+                "    try: print(open(os.path.expanduser(p), 'rb').read())\n    except Exception as e: print(type(e).__name__)\n"
+                "print(dict(os.environ))\nprint(glob.glob(os.path.expanduser('~') + '/*'))")
+        r = run_python(code)
+    finally:
+        secret_file.unlink()
+    assert SECRET not in r.output + (r.error or "")
+    assert "STILL_TEST_SECRET" not in r.output
+
+
+def test_no_network_not_even_the_hosts_loopback():
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    srv.settimeout(0.5)
+    port = srv.getsockname()[1]
+    r = run_python(f"import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=1)\nprint('connected')")
+    assert "connected" not in r.output and r.error
+    with pytest.raises(socket.timeout):
+        srv.accept()
+    srv.close()
+
+
+def test_killing_parents_and_signals_do_not_reach_the_host():
+    me = os.getpid()
+    code = (f"import os, signal\nfor pid in ({me}, os.getppid(), 1, -1):\n"
+            f"    try: os.kill(pid, signal.SIGKILL)\n    except Exception as e: print(type(e).__name__)")
+    run_python(code)
+    assert run_python("print('still here')").output == "still here\n"  # host and forkserver alive
+
+
+def test_output_flood_and_binary_garbage():
+    r = run_python("print('x' * 10**7)")
+    assert r.ok and r.truncated and len(r.output) < 5000 and "characters cut" in r.output
+    r = run_python("import os\nos.write(1, bytes(range(256)) * 50)")
+    assert r.ok and isinstance(r.output, str) and "\ufffd" in r.output
+    r = run_python("while True: print('y' * 1000)", timeout=3)
+    assert "timed out" in r.error or "File too large" in r.error  # the output file is capped (disk_mb)
+    assert r.truncated and len(r.output) < 5000
+
+
+def test_tampering_does_not_leak_into_the_next_call():
+    r = run_python("import builtins, math, sys\nbuiltins.print = None\nmath.pi = 3\nsys.modules['json'] = None\n"
+                   "open('evil_mod.py', 'w').write('import os; os.system(\"touch /tmp/pwned\")')")
+    assert r.ok, r
+    r = run_python("import math, json\nprint(math.pi)\nprint(json.dumps(1))")
+    assert r.output == "3.141592653589793\n1\n"
+    with Session() as s:
+        assert s.run("open('evil_mod.py', 'w').write('X = 1')").ok
+        r = s.run("import evil_mod")  # a planted file in the scratch folder is not importable
+        assert r.error and "ModuleNotFoundError" in r.error
+
+
+def test_session_survives_a_crash_by_replaying_earlier_cells():
+    with Session(Limits(timeout=1)) as s:
+        assert s.run("a = 5").ok
+        assert "timed out" in s.run("while True: pass").error
+        assert s.run("a * 2").output == "10\n"  # state restored in the fresh process
+        assert [c["error"] is None for c in s.calls] == [True, False, True]
+
+
+def test_basic_isolation_still_contains_the_common_failures(tmp_path):
+    lim = Limits(timeout=1, isolation="basic")
+    assert "timed out" in run_python("while True: pass", timeout=1, limits=lim).error
+    assert "MemoryError" in run_python("x = bytearray(10**11)", timeout=1, limits=Limits(timeout=1, isolation="basic")).error
+    r = run_python("import os\nopen('f', 'w').write('x')\nos.getcwd()", limits=Limits(isolation="basic"))
+    assert r.ok and not Path(r.output.strip().strip("'")).exists()  # its scratch folder is removed
+    r = run_python("import socket\nsocket.create_connection(('127.0.0.1', 9))", limits=Limits(isolation="basic"))
+    assert "network access is disabled" in r.error
+
+
+def test_many_concurrent_sessions_from_threads():
+    out = {}
+
+    def work(i):
+        out[i] = run_python(f"import numpy as np\nint(np.arange({i + 1}).sum())").output
+
+    ts = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    [t.start() for t in ts]
+    [t.join() for t in ts]
+    assert out == {i: f"{(i + 1) * i // 2}\n" for i in range(8)}
+
+
+def test_memory_bomb_spread_over_processes_hits_the_session_cap():
+    before = psutil.virtual_memory().available
+    code = ("import os, time\nfor i in range(6):\n    if os.fork() == 0:\n        a = bytearray(500 * 2**20)\n"
+            "        time.sleep(30)\n        os._exit(0)\ntime.sleep(30)")
+    r = run_python(code, timeout=4)
+    assert r.error, r
+    assert psutil.virtual_memory().available > before - 2 * 2**30  # 3 GB asked; the session got <= ~1.3 GB
