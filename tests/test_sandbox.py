@@ -22,8 +22,7 @@ def contained(tmp_path):
     os.environ["STILL_TEST_SECRET"] = SECRET
     yield
     del os.environ["STILL_TEST_SECRET"]
-    sandbox._shutdown()  # stops the pools of pre-forked, unused sessions
-    sandbox._pools.clear()
+    sandbox._stop_pools()  # kills the pre-forked, unused sessions and waits for cleanup
     deadline = time.time() + 5
     while time.time() < deadline:
         left = [p for p in psutil.process_iter(["uids", "cmdline"]) if p.info["uids"] and p.info["uids"].real == 65534]
@@ -176,6 +175,7 @@ def test_basic_isolation_still_contains_the_common_failures(tmp_path):
     assert "timed out" in run_python("while True: pass", timeout=1, limits=lim).error
     assert "MemoryError" in run_python("x = bytearray(10**11)", timeout=1, limits=Limits(timeout=1, isolation="basic")).error
     r = run_python("import os\nopen('f', 'w').write('x')\nos.getcwd()", limits=Limits(isolation="basic"))
+    sandbox._drain_cleanup()
     assert r.ok and not Path(r.output.strip().strip("'")).exists()  # its scratch folder is removed
     r = run_python("import socket\nsocket.create_connection(('127.0.0.1', 9))", limits=Limits(isolation="basic"))
     assert "network access is disabled" in r.error
