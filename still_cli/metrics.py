@@ -77,6 +77,10 @@ def summarize(samples: list[dict[str, Any]], *, pass_k: list[int] = (), maj_k: l
     out["max_length"] = max(lengths)
     out["truncated"] = sum(bool(s.get("truncated")) for s in samples) / len(samples)
     out["no_answer"] = sum(s.get("extracted") is None for s in samples) / len(samples)
+    if any("tool_calls" in s for s in samples):  # TIR rollouts
+        out["tool_calls"] = sum(s.get("tool_calls", 0) for s in samples) / len(samples)
+        calls = [c for s in samples for c in s.get("calls", [])]
+        out["tool_errors"] = sum(c.get("error") is not None for c in calls) / len(calls) if calls else 0.0
     for g in group_by:
         groups: dict[str, list[float]] = defaultdict(list)
         for pid, ss in by_id.items():

@@ -29,6 +29,9 @@ class Completion:
     text: str
     num_tokens: int
     finish_reason: str  # "stop" (eos or a stop string) | "length" (hit max_tokens)
+    token_ids: list[int] | None = None      # the generated ids, when the backend has them (hf)
+    tool_calls: list[dict] | None = None    # TIR rollouts: every code call (code, output, error, elapsed)
+    tool_mask: list[int] | None = None      # TIR + token_ids: 1 = model token, 0 = executor output token
 
     @property
     def truncated(self) -> bool:

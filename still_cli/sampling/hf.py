@@ -62,8 +62,17 @@ class HFSampler:
                 n, finish = i + 1, "stop"
                 break
         text = self.tokenizer.decode(ids[:n], skip_special_tokens=True)
-        for s in params.stop:
-            j = text.find(s)
-            if j >= 0:  # generate() stops *after* the stop string; keep it, as the TIR loop needs it
-                text, finish = text[:j + len(s)], "stop"
-        return Completion(text=text, num_tokens=n, finish_reason=finish)
+        hits = [(j, s) for s in params.stop if (j := text.find(s)) >= 0]
+        if hits:  # generate() stops *after* the stop string; keep it, as the TIR loop needs it
+            j, s = min(hits)
+            end = j + len(s)
+            text, finish = text[:end], "stop"
+            lo, hi = 1, n  # the fewest ids whose text reaches the end of the stop string
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if len(self.tokenizer.decode(ids[:mid], skip_special_tokens=True)) >= end:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            n = lo
+        return Completion(text=text, num_tokens=n, finish_reason=finish, token_ids=ids[:n])

@@ -2,7 +2,9 @@
 
 `--teacher arith` writes a correct long-form trace for every "What is 7 + 15 - 3?" prompt;
 `--teacher arith:0.2` makes an arithmetic slip in 20% of samples (seeded), so rejection sampling has
-something to reject. It lets `still distill` run end to end with no model and no network (tests, the
+something to reject. `--teacher arith-tools` writes tool-integrated traces: a ```python block that
+computes the expression, and, once the executor's output is in its context, an answer read from that
+output (so it is right exactly when the sandbox ran the code). It lets `still distill` run end to end with no model and no network (tests, the
 demo); with a real teacher the same command takes `--backend openai|vllm|hf`.
 """
 
@@ -24,8 +26,10 @@ class ScriptedSampler:
 
     def __init__(self, model: str, **_: Any):
         name, _, rate = model.partition(":")
-        if name != "arith":
-            raise ConfigError(f"scripted teacher {model!r} is unknown; use arith or arith:ERROR_RATE (e.g. arith:0.2)")
+        if name not in ("arith", "arith-tools"):
+            raise ConfigError(f"scripted teacher {model!r} is unknown; use arith, arith:ERROR_RATE (e.g. arith:0.2) "
+                              f"or arith-tools")
+        self.tools = name == "arith-tools"
         try:
             self.error_rate = float(rate) if rate else 0.0
         except ValueError:
@@ -43,6 +47,9 @@ class ScriptedSampler:
             rng = random.Random(f"{params.seed}-{text}")
             cs = []
             for _ in range(params.n):
+                if self.tools:
+                    cs.append(self._tool_step(text, m.group(0)))
+                    continue
                 trace = teacher_trace(m.group(0))
                 if rng.random() < self.error_rate:  # a slip: the final answer is off by one
                     head, _, ans = trace.rpartition("\\boxed{")
@@ -54,3 +61,15 @@ class ScriptedSampler:
                     cs.append(Completion(trace, n_tok, "stop"))
             out.append(cs)
         return out
+
+    def _tool_step(self, context: str, problem: str) -> Completion:
+        """Before any output: open the thought and write the code, stopping at the closing fence (as
+        generation with the fence as stop string does). After an output block: answer from it."""
+        expr = problem[len("What is "):-1]
+        if "```output\n" not in context:
+            text = ("<think>\nThis is tedious by hand; let me use python.\n```python\nprint(" + expr + ")\n```\n")
+            return Completion(text, len(text.split()), "stop")
+        shown = context.rsplit("```output\n", 1)[1].split("\n```", 1)[0].strip()
+        value = shown.splitlines()[-1].strip() if shown else "unknown"
+        text = f"The code printed {value}.\n</think>\n\nThe answer is \\boxed{{{value}}}."
+        return Completion(text, len(text.split()), "stop")

@@ -34,7 +34,8 @@ class EvalConfig:
         "help": "Benchmark names (aime2024 aime2025 math500 amc2023 gsm8k) or problem files."})
     model: str | None = field(default=None, metadata={"help": "Model folder or hub id to sample from."})
     output: str = field(default="", metadata={"help": "Run folder for config.yaml, samples.jsonl, results.json."})
-    backend: Literal["hf", "vllm"] = field(default="hf", metadata={"help": "Sampler backend: hf (CPU/GPU) or vllm (GPU)."})
+    backend: Literal["hf", "vllm", "openai", "scripted"] = field(default="hf", metadata={
+        "help": "Sampler backend: hf (CPU/GPU), vllm (GPU), openai (a served model), scripted (the arith teacher)."})
     n: int = field(default=1, metadata={"help": "Samples per problem."})
     temperature: float = field(default=0.6, metadata={"help": "Sampling temperature; 0 = greedy."})
     top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling mass."})
@@ -60,6 +61,18 @@ class EvalConfig:
     answer_field: str = field(default="answer", metadata={"help": "Column holding the gold answer."})
     id_field: str = field(default="id", metadata={"help": "Column holding the row id."})
     grade_timeout: float = field(default=5.0, metadata={"help": "Seconds allowed to grade one answer."})
+    base_urls: list[str] = field(default_factory=lambda: ["http://localhost:8000/v1"], metadata={
+        "help": "openai: server base URLs; requests are spread over them."})
+    api_key_env: str | None = field(default="OPENAI_API_KEY", metadata={"help": "openai: env variable holding the API key."})
+    endpoint: Literal["chat", "completions"] = field(default="chat", metadata={"help": "openai: chat or completions endpoint."})
+    concurrency: int = field(default=16, metadata={"help": "openai: requests in flight."})
+    request_timeout: float = field(default=600.0, metadata={"help": "openai: seconds per request."})
+    max_retries: int = field(default=6, metadata={"help": "openai: retries per request."})
+    tools: bool = field(default=False, metadata={
+        "help": "Tool-integrated reasoning: run the model's ```python blocks in the sandbox and feed the output back."})
+    max_tool_calls: int = field(default=15, metadata={"help": "--tools: code calls per response (CoRT eval: 15)."})
+    tool_timeout: float = field(default=30.0, metadata={"help": "--tools: seconds per code call (CoRT eval: 30)."})
+    tool_output_chars: int = field(default=800, metadata={"help": "--tools: characters of output shown (CoRT: 800)."})
 
     def __post_init__(self):
         require(bool(self.output), "eval needs an output folder; add -o runs/eval-NAME")
@@ -82,7 +95,7 @@ class EvalConfig:
 
 # Settings that change what a sample is; a resumed run must match them.
 _SAMPLE_KEYS = ("model", "n", "temperature", "top_p", "max_tokens", "seed", "prompt_template",
-                "system_prompt", "prefill_think")
+                "system_prompt", "prefill_think", "tools", "max_tool_calls")
 
 
 def _check_resume(config: EvalConfig, out: Path) -> None:
@@ -101,10 +114,13 @@ def _check_resume(config: EvalConfig, out: Path) -> None:
 
 
 def _sample_row(bench: str, prob: dict[str, Any], idx: int, text: str, num_tokens: int, truncated: bool,
-                extracted: str | None, correct: bool) -> dict[str, Any]:
+                extracted: str | None, correct: bool, calls: list[dict] | None = None) -> dict[str, Any]:
     row = {"benchmark": bench, "id": prob["id"], "sample_idx": idx, "gold": prob["answer"],
            "extracted": extracted, "correct": correct, "num_tokens": num_tokens, "truncated": truncated,
            "response": text}
+    if calls is not None:
+        row["tool_calls"] = len(calls)
+        row["calls"] = calls
     for k in ("level", "subject"):
         if prob.get(k) is not None:
             row[k] = prob[k]
@@ -118,7 +134,7 @@ def _sample_benchmark(config: EvalConfig, sampler: Any, bench: str, appender: An
 
     from ..data import read_problems
     from ..grading import extract_answer, match_batch
-    from ..sampling import SamplingParams, render_prompt
+    from ..sampling import SamplingParams, build_prompt
 
     problems = read_problems(bench, problem_field=config.problem_field, answer_field=config.answer_field,
                              id_field=config.id_field)[: config.limit]
@@ -132,19 +148,27 @@ def _sample_benchmark(config: EvalConfig, sampler: Any, bench: str, appender: An
         task = bar.add_task(f"{bench}", total=len(todo))
         for start in range(0, len(todo), per_call):
             chunk = todo[start:start + per_call]
-            prompts = [render_prompt(sampler.tokenizer, p["problem"], config.prompt_template,
-                                     config.system_prompt, config.prefill_think) for p in chunk]
+            prompts = [build_prompt(sampler, p["problem"], config.prompt_template, config.system_prompt,
+                                    config.prefill_think) for p in chunk]
             # Seed from the chunk's first problem, so a rerun over the same remaining problems is
             # reproducible (a resumed run's chunks start elsewhere, so its draws differ from an
             # uninterrupted run's; finished samples are never redrawn).
             params.seed = config.seed + problems.index(chunk[0])
-            outs = sampler.generate(prompts, params)  # (len(chunk), n)
+            if config.tools:
+                from ..tir import TIRSettings, generate
+
+                outs = generate(sampler, prompts, params, TIRSettings(
+                    max_calls=config.max_tool_calls, timeout=config.tool_timeout,
+                    max_output_chars=config.tool_output_chars))
+            else:
+                outs = sampler.generate(prompts, params)  # (len(chunk), n)
             flat = [(p, i, c) for p, cs in zip(chunk, outs) for i, c in enumerate(cs)
                     if (bench, p["id"], i) not in done]
             preds = [extract_answer(c.text, c.truncated) for _, _, c in flat]
             verdicts = match_batch([p["answer"] for p, _, _ in flat], preds, timeout=config.grade_timeout)
             for (p, i, c), pred, ok in zip(flat, preds, verdicts):
-                appender.write(_sample_row(bench, p, i, c.text, c.num_tokens, c.truncated, pred, ok))
+                appender.write(_sample_row(bench, p, i, c.text, c.num_tokens, c.truncated, pred, ok,
+                                           c.tool_calls if config.tools else None))
             bar.advance(task, len(chunk))
 
 
@@ -193,10 +217,10 @@ def run(config: EvalConfig) -> dict[str, Any]:
         results[samples[0]["benchmark"]]["length_unit"] = "words"
     else:
         _check_resume(config, out)
-        from ..sampling import make_sampler
+        from ..sampling import sampler_from_config
 
         write_resolved(config, out)
-        sampler = make_sampler(config.backend, config.model, batch_size=config.batch_size, dtype=config.dtype)
+        sampler = sampler_from_config(config, config.model)
         with JsonlAppender(out / "samples.jsonl") as app:
             if app.repaired_bytes:
                 log.warning("samples.jsonl ended in a partial row (%d bytes); cut it and resuming", app.repaired_bytes)
@@ -219,11 +243,14 @@ def results_table(results: dict[str, Any]):
     metric_cols: list[str] = []
     for r in results.values():
         metric_cols += [k for k in r if (k.startswith("pass@") or k.startswith("maj@")) and k not in metric_cols]
-    table = Table("benchmark", "problems", "n", *metric_cols, "mean len", "max len", "truncated", "no answer")
+    tools = any("tool_calls" in r for r in results.values())
+    table = Table("benchmark", "problems", "n", *metric_cols, "mean len", "max len", "truncated", "no answer",
+                  *(["tool calls", "tool errors"] if tools else []))
     for name, r in results.items():
         pct = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
+        extra = [f"{r.get('tool_calls', 0):.2f}", pct(r.get("tool_errors"))] if tools else []
         table.add_row(name, str(r["problems"]), str(r["n_per_problem"]), *[pct(r.get(c)) for c in metric_cols],
-                      f"{r['mean_length']:.0f}", str(r["max_length"]), pct(r["truncated"]), pct(r["no_answer"]))
+                      f"{r['mean_length']:.0f}", str(r["max_length"]), pct(r["truncated"]), pct(r["no_answer"]), *extra)
     return table
 
 

@@ -1,0 +1,152 @@
+"""Tool-integrated reasoning rollouts over any Sampler: the model writes Python, the sandbox runs it.
+
+Protocol (CoRT arXiv 2506.09820; STILL-3-TOOL arXiv 2503.04548): the model writes
+```python
+...
+```
+generation stops at the closing fence; the code runs in the rollout's sandbox `Session` (later cells
+see earlier cells' variables); "```output\\n{output}\\n```\\n" is appended and generation resumes.
+At most `max_calls` calls (CoRT: 15 at eval, 12 in RL) and `max_tokens` tokens in all (model +
+executor output); once the call budget is spent, the next code block gets the output "You have run
+out of code calls; continue reasoning without code." instead of running. Every call's code, output,
+error and time are recorded in `Completion.tool_calls`.
+
+Works with every backend: `hf` keeps the stop string in its text; OpenAI-compatible servers strip
+it, so a completion that ends inside an open ```python block with finish "stop" is taken as stopped
+at the fence and the fence is put back. With token ids (hf), `Completion.token_ids` is the whole
+rollout and `tool_mask` marks executor-output tokens 0, for RL (TRL's `env_mask`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from typing import Any
+
+from .sampling import Completion, SamplingParams
+
+FENCE_STOP = "```\n"
+_OPEN = re.compile(r"```python[^\n]*\n")
+OUT_OF_CALLS = "You have run out of code calls; continue reasoning without code."
+
+
+@dataclass
+class TIRSettings:
+    max_calls: int = 15            # CoRT: 15 at eval, 12 in RL
+    timeout: float = 30.0          # CoRT: 30 s at eval, 5 s in RL
+    max_output_chars: int = 800    # CoRT: 800 (STILL-3-TOOL: 400)
+    memory_mb: int = 1024
+
+
+def open_code(text: str) -> str | None:
+    """The code of a ```python block that is open at the end of `text` (no closing fence yet)."""
+    m = None
+    for m in _OPEN.finditer(text):
+        pass
+    if m is None:
+        return None
+    body = text[m.end():]
+    return None if "```" in body else body
+
+
+def closed_code(text: str) -> str | None:
+    """The code of the last ```python block when `text` ends with its closing fence, else None."""
+    stripped = text.rstrip()
+    if not stripped.endswith("```"):
+        return None
+    m = None
+    for m in _OPEN.finditer(stripped):
+        pass
+    if m is None:
+        return None
+    body = stripped[m.end():-3]
+    if "```" in body:  # the fence closed something else (an output block, a plain block)
+        return None
+    return body
+
+
+def _cut(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return text[:half] + "\n...\n" + text[-half:]
+
+
+def generate(sampler: Any, prompts: list[Any], params: SamplingParams, settings: TIRSettings) -> list[list[Completion]]:
+    """`params.n` TIR rollouts per prompt, shape (len(prompts), n). Prompts are rendered strings
+    (hf / vllm / completions endpoint) or chat messages (chat endpoint; the rollout so far is sent as
+    a trailing assistant message to continue)."""
+    from .sandbox import Limits, Session
+
+    tok = getattr(sampler, "tokenizer", None)
+    states = []
+    for p in prompts:
+        for _ in range(params.n):
+            states.append({"prompt": p, "text": "", "ids": [], "mask": [], "tokens": 0, "calls": [],
+                           "done": False, "finish": "stop",
+                           "session": Session(Limits(timeout=settings.timeout, memory_mb=settings.memory_mb,
+                                                     max_output=settings.max_output_chars))})
+    try:
+        for round_ in range(10_000):
+            active = [s for s in states if not s["done"]]
+            if not active:
+                break
+            budget = min(params.max_tokens - s["tokens"] for s in active)
+            round_params = replace(params, n=1, stop=[*params.stop, FENCE_STOP], max_tokens=max(1, budget),
+                                   seed=params.seed + 7919 * round_)
+            # one generate call per round over every unfinished rollout, each continuing its own text
+            ctx = [_continue(s["prompt"], s["text"]) for s in active]
+            outs = sampler.generate(ctx, round_params)
+            for s, (c,) in zip(active, outs):
+                _advance(s, c, params, settings, tok)
+    finally:
+        for s in states:
+            s["session"].close()
+    out = [Completion(text=s["text"], num_tokens=s["tokens"], finish_reason=s["finish"],
+                      token_ids=s["ids"] if tok is not None and s["ids"] else None, tool_calls=s["calls"],
+                      tool_mask=s["mask"] if tok is not None and s["ids"] else None) for s in states]
+    return [out[i * params.n:(i + 1) * params.n] for i in range(len(prompts))]
+
+
+def _continue(prompt: Any, text: str) -> Any:
+    if isinstance(prompt, list):  # chat endpoint: continue the assistant turn
+        return prompt + ([{"role": "assistant", "content": text}] if text else [])
+    return prompt + text
+
+
+def _advance(s: dict[str, Any], c: Completion, params: SamplingParams, settings: TIRSettings, tok: Any) -> None:
+    text = c.text
+    if c.finish_reason == "stop" and open_code(s["text"] + text) is not None and not text.rstrip().endswith("```"):
+        text += "\n```\n" if not text.endswith("\n") else "```\n"  # a server stripped the stop string
+    s["text"] += text
+    s["tokens"] += c.num_tokens
+    if c.token_ids is not None:
+        s["ids"] += c.token_ids
+        s["mask"] += [1] * len(c.token_ids)
+    if c.finish_reason == "length" or s["tokens"] >= params.max_tokens:
+        s["done"], s["finish"] = True, "length"
+        return
+    code = closed_code(s["text"])
+    if code is None:
+        # stopped at the fence of some other block (```text ... ```): keep generating; else it ended
+        s["done"] = not s["text"].endswith(FENCE_STOP)
+        return
+    if len(s["calls"]) >= settings.max_calls:
+        shown, call = OUT_OF_CALLS, None
+    else:
+        res = s["session"].run(code)
+        shown = _cut(res.as_text(), settings.max_output_chars)
+        call = {"code": code, "output": res.output, "error": res.error, "elapsed": round(res.elapsed, 4)}
+    block = f"```output\n{shown}\n```\n"
+    s["text"] += block
+    if call is not None:
+        s["calls"].append(call)
+    if tok is not None:
+        ids = tok.encode(block, add_special_tokens=False)
+        s["ids"] += ids
+        s["mask"] += [0] * len(ids)  # executor output: not the model's tokens
+        s["tokens"] += len(ids)
+    else:
+        s["tokens"] += max(1, len(block) // 4)
+    if s["tokens"] >= params.max_tokens:
+        s["done"], s["finish"] = True, "length"
