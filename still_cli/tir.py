@@ -108,6 +108,29 @@ def generate(sampler: Any, prompts: list[Any], params: SamplingParams, settings:
     return [out[i * params.n:(i + 1) * params.n] for i in range(len(prompts))]
 
 
+def iter_generate(sampler: Any, prompts: list[Any], params: SamplingParams, settings: TIRSettings,
+                  chunk: int = 32):
+    """(prompt index, n TIR rollouts) chunk by chunk, for stages that append as they go."""
+    per_call = max(1, chunk // max(1, params.n))
+    seed = params.seed
+    for start in range(0, len(prompts), per_call):
+        outs = generate(sampler, prompts[start:start + per_call], replace(params, seed=seed + start), settings)
+        for j, cs in enumerate(outs):
+            yield start + j, cs
+
+
+def stage_rollouts(c: Any, sampler: Any, prompts: list[Any], params: SamplingParams, seeds: list[int]):
+    """What distill and explore iterate over: plain samples as each prompt finishes, or with
+    `c.tools` TIR rollouts chunk by chunk (settings from the stage's max_tool_calls / tool_timeout /
+    tool_output_chars)."""
+    from .sampling import iter_generate as plain
+
+    if not c.tools:
+        return plain(sampler, prompts, params, chunk=c.batch_size, seeds=seeds)
+    settings = TIRSettings(max_calls=c.max_tool_calls, timeout=c.tool_timeout, max_output_chars=c.tool_output_chars)
+    return iter_generate(sampler, prompts, params, settings, chunk=c.batch_size)
+
+
 def _continue(prompt: Any, text: str) -> Any:
     if isinstance(prompt, list):  # chat endpoint: continue the assistant turn
         return prompt + ([{"role": "assistant", "content": text}] if text else [])

@@ -73,6 +73,11 @@ class DistillConfig:
     answer_field: str = field(default="answer", metadata={"help": "Column holding the gold answer."})
     id_field: str = field(default="id", metadata={"help": "Column holding the row id."})
     grade_timeout: float = field(default=5.0, metadata={"help": "Seconds to grade one answer."})
+    tools: bool = field(default=False, metadata={
+        "help": "Tool-integrated reasoning: run the model's ```python blocks in the sandbox and feed the output back."})
+    max_tool_calls: int = field(default=15, metadata={"help": "--tools: code calls per response (CoRT eval: 15)."})
+    tool_timeout: float = field(default=30.0, metadata={"help": "--tools: seconds per code call (CoRT eval: 30)."})
+    tool_output_chars: int = field(default=800, metadata={"help": "--tools: characters of output shown (CoRT: 800)."})
 
     def __post_init__(self):
         require(bool(self.teacher), "distill needs --teacher (a served model name, a model folder, or arith)")
@@ -86,7 +91,7 @@ class DistillConfig:
 
 
 _SAMPLE_KEYS = ("teacher", "backend", "n", "temperature", "top_p", "max_tokens", "seed", "prompt_template",
-                "system_prompt", "prefill_think", "response_format", "keep_per_problem", "keep_order",
+                "system_prompt", "prefill_think", "tools", "max_tool_calls", "response_format", "keep_per_problem", "keep_order",
                 "max_response_tokens")
 
 
@@ -149,7 +154,8 @@ def _rows_for(c: DistillConfig, p: dict[str, Any], completions: list[Any], verdi
         key = " ".join(comp.text.split())
         if ok and key not in seen:  # the same text twice is one trajectory, not two
             seen.add(key)
-            correct.append({"sample_idx": j, "response": comp.text, "num_tokens": comp.num_tokens})
+            correct.append({"sample_idx": j, "response": comp.text, "num_tokens": comp.num_tokens,
+                            "tool_calls": comp.tool_calls})
     if c.max_response_tokens is not None:
         correct = [x for x in correct if x["num_tokens"] <= c.max_response_tokens]
     kept = select(correct, c.keep_per_problem, c.keep_order)
@@ -162,7 +168,8 @@ def _rows_for(c: DistillConfig, p: dict[str, Any], completions: list[Any], verdi
              + [{"role": "assistant", "content": to_format(x["response"], c.response_format, prefilled)}],
              "teacher": c.teacher, "sample_idx": x["sample_idx"], "num_tokens": x["num_tokens"],
              "pass_rate": n_ok / len(verdicts), "num_correct": n_ok, "num_samples": len(verdicts),
-             "num_kept": len(kept), "sampling": sampling} for x in kept]
+             "num_kept": len(kept), "sampling": sampling,
+             **({"tool_calls": len(x["tool_calls"])} if x["tool_calls"] is not None else {})} for x in kept]
 
 
 def run(c: DistillConfig) -> dict[str, Any]:
@@ -176,7 +183,8 @@ def run(c: DistillConfig) -> dict[str, Any]:
     from ..decontam import filter_problems
     from ..errors import DataError
     from ..grading import extract_answer, match_batch
-    from ..sampling import SamplingParams, build_prompt, iter_generate, sampler_from_config
+    from ..sampling import SamplingParams, build_prompt, sampler_from_config
+    from ..tir import stage_rollouts
 
     problems = read_problems(c.data, problem_field=c.problem_field, answer_field=c.answer_field,
                              id_field=c.id_field)[: c.limit]
@@ -208,7 +216,7 @@ def run(c: DistillConfig) -> dict[str, Any]:
             task = bar.add_task("distill", total=len(todo))
             position = {p["id"]: k for k, p in enumerate(problems)}
             seeds = [c.seed + position[p["id"]] * c.n for p in todo]  # tied to the problem, not the run
-            for i, comps in iter_generate(sampler, prompts, params, chunk=c.batch_size, seeds=seeds):
+            for i, comps in stage_rollouts(c, sampler, prompts, params, seeds):
                 p = todo[i]
                 preds = [extract_answer(x.text, x.truncated) for x in comps]
                 verdicts = match_batch([p["answer"]] * len(comps), preds, timeout=c.grade_timeout)

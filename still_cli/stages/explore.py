@@ -42,7 +42,7 @@ class ExploreConfig:
     model: str = field(default="", metadata={"help": "Model folder or hub id (hf/vllm), or served model name (openai)."})
     data: str = field(default="", metadata={"help": "Problem rows: file, pool name (still data list), or - for stdin."})
     output: str = field(default="", metadata={"help": "Run folder (samples, difficulty, sft, pairs, merged), or - for stdout."})
-    backend: Literal["hf", "vllm", "openai"] = field(default="hf", metadata={"help": "Sampler backend."})
+    backend: Literal["hf", "vllm", "openai", "scripted"] = field(default="hf", metadata={"help": "Sampler backend."})
     n: int = field(default=16, metadata={"help": "Rollouts per problem."})
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (exploration wants > eval's 0.6)."})
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass."})
@@ -71,6 +71,11 @@ class ExploreConfig:
     answer_field: str = field(default="answer", metadata={"help": "Column holding the gold answer."})
     id_field: str = field(default="id", metadata={"help": "Column holding the row id."})
     grade_timeout: float = field(default=5.0, metadata={"help": "Seconds to grade one answer."})
+    tools: bool = field(default=False, metadata={
+        "help": "Tool-integrated reasoning: run the model's ```python blocks in the sandbox and feed the output back."})
+    max_tool_calls: int = field(default=15, metadata={"help": "--tools: code calls per response (CoRT eval: 15)."})
+    tool_timeout: float = field(default=30.0, metadata={"help": "--tools: seconds per code call (CoRT eval: 30)."})
+    tool_output_chars: int = field(default=800, metadata={"help": "--tools: characters of output shown (CoRT: 800)."})
 
     def __post_init__(self):
         require(bool(self.model), "explore needs --model (a folder, hub id, or served model name)")
@@ -81,7 +86,7 @@ class ExploreConfig:
 
 
 _SAMPLE_KEYS = ("model", "backend", "n", "temperature", "top_p", "max_tokens", "seed", "prompt_template",
-                "system_prompt", "prefill_think")
+                "system_prompt", "prefill_think", "tools", "max_tool_calls")
 
 
 def _check_resume(c: ExploreConfig, out: Path) -> None:
@@ -133,7 +138,8 @@ def _derive(c: ExploreConfig, records: list[dict[str, Any]], round_: int) -> dic
             sft.append({"id": rec["id"], "problem": rec["problem"], "answer": rec["answer"],
                         "messages": prompt + [{"role": "assistant",
                                                "content": to_format(s["response"], c.response_format, prefilled)}],
-                        "sample_idx": s["sample_idx"], "num_tokens": s["num_tokens"], **meta})
+                        "sample_idx": s["sample_idx"], "num_tokens": s["num_tokens"],
+                        **({"tool_calls": len(s["tool_calls"])} if "tool_calls" in s else {}), **meta})
         for ch, rj in pairs(correct, wrong, c.max_pairs_per_problem):
             prefs.append({"id": rec["id"], "prompt": prompt,
                           "chosen": [{"role": "assistant", "content": to_format(ch["response"], c.response_format, prefilled)}],
@@ -147,7 +153,8 @@ def _sample(c: ExploreConfig, todo: list[dict[str, Any]], positions: dict[str, i
     from rich.progress import Progress
 
     from ..grading import extract_answer, match_batch
-    from ..sampling import SamplingParams, build_prompt, iter_generate, sampler_from_config
+    from ..sampling import SamplingParams, build_prompt, sampler_from_config
+    from ..tir import stage_rollouts
 
     sampler = sampler_from_config(c, c.model)
     prompts = [build_prompt(sampler, p["problem"], c.prompt_template, c.system_prompt, c.prefill_think) for p in todo]
@@ -155,13 +162,14 @@ def _sample(c: ExploreConfig, todo: list[dict[str, Any]], positions: dict[str, i
     seeds = [c.seed + positions[p["id"]] * c.n for p in todo]
     with Progress(console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task("explore", total=len(todo))
-        for i, comps in iter_generate(sampler, prompts, params, chunk=c.batch_size, seeds=seeds):
+        for i, comps in stage_rollouts(c, sampler, prompts, params, seeds):
             p = todo[i]
             preds = [extract_answer(x.text, x.truncated) for x in comps]
             ok = match_batch([p["answer"]] * len(comps), preds, timeout=c.grade_timeout)
             rec = {"id": p["id"], "problem": p["problem"], "answer": p["answer"], "model": c.model, "round": round_,
                    "samples": [{"sample_idx": j, "response": x.text, "extracted": pred, "correct": v,
-                                "num_tokens": x.num_tokens, "truncated": x.truncated}
+                                "num_tokens": x.num_tokens, "truncated": x.truncated,
+                                **({"tool_calls": x.tool_calls} if x.tool_calls is not None else {})}
                                for j, (x, pred, v) in enumerate(zip(comps, preds, ok))]}
             if p.get("level") is not None:
                 rec["level"] = p["level"]

@@ -95,6 +95,12 @@ class RLConfig:
         "help": "colocate: vLLM in the trainer processes; server: a `trl vllm-serve` process."})
     vllm_server_base_url: str | None = field(default=None, metadata={"help": "server mode: URL of trl vllm-serve."})
     vllm_gpu_memory_utilization: float = field(default=0.3, metadata={"help": "colocate: GPU memory share for vLLM."})
+    # --- tool-integrated reasoning (CoRT arXiv 2506.09820) ----------------------------------------
+    tools: bool = field(default=False, metadata={
+        "help": "TIR rollouts: run the model's ```python blocks in the sandbox; executor output is masked from the loss."})
+    max_tool_calls: int = field(default=12, metadata={"help": "--tools: code calls per rollout (CoRT RL: 12)."})
+    tool_timeout: float = field(default=5.0, metadata={"help": "--tools: seconds per code call (CoRT RL: 5)."})
+    tool_output_chars: int = field(default=800, metadata={"help": "--tools: characters of output shown (CoRT: 800)."})
     # --- zero-std groups ---------------------------------------------------------------------------
     dynamic_sampling: bool = field(default=False, metadata={
         "help": "DAPO dynamic sampling: replace groups whose rewards are all equal with fresh prompts."})
@@ -133,6 +139,8 @@ class RLConfig:
         require(self.reward_weights is None or len(self.reward_weights) == len(self.rewards),
                 f"reward_weights has {len(self.reward_weights or [])} values for {len(self.rewards)} rewards; "
                 f"give one weight per reward")
+        require(not (self.tools and self.use_vllm), "--tools rollouts run on the transformers backend; drop "
+                "--use-vllm (TIR over vLLM generation is not supported yet)")
         require(self.num_generations >= 2, f"num_generations = {self.num_generations}: GRPO needs >= 2 per group")
         gen = self.generation_batch_size or self.per_device_train_batch_size * self.gradient_accumulation_steps
         require(gen % self.num_generations == 0,
@@ -185,6 +193,40 @@ def make_reward_funcs(names: list[str], eos_ids: set[int], timeout: float) -> li
         reward.__name__ = name
         funcs.append(reward)
     return funcs
+
+
+def make_tir_rollout(c: RLConfig, tokenizer: Any):
+    """TRL `rollout_func`: TIR rollouts of the policy being trained (transformers generate + sandbox).
+    Returns the ids of model and executor tokens, with `env_mask` 0 on executor output so it carries
+    no loss, and each completion's `tool_calls` for the `code_use` reward."""
+    import copy
+
+    from ..sampling import SamplingParams
+    from ..sampling.hf import HFSampler
+    from ..tir import TIRSettings, generate
+
+    settings = TIRSettings(max_calls=c.max_tool_calls, timeout=c.tool_timeout, max_output_chars=c.tool_output_chars)
+    tok = copy.deepcopy(tokenizer)  # the sampler pads left; the trainer's tokenizer is left as it is
+
+    def rollout(prompts: list[str], trainer: Any) -> dict[str, Any]:
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        was_training = model.training
+        sampler = HFSampler("", model_obj=model, tokenizer=tok, device=str(trainer.accelerator.device),
+                            batch_size=max(1, len(prompts)))
+        params = SamplingParams(n=1, temperature=trainer.temperature, top_p=trainer.top_p,
+                                max_tokens=trainer.max_completion_length,
+                                seed=trainer.args.seed + 100_003 * trainer.state.global_step)
+        outs = generate(sampler, prompts, params, settings)  # (len(prompts), 1)
+        if was_training:
+            model.train()
+        comps = [cs[0] for cs in outs]
+        calls = [len(x.tool_calls or []) for x in comps]
+        trainer._metrics["train"]["tools/calls_per_completion"].append(sum(calls) / max(1, len(calls)))
+        return {"prompt_ids": [tok(p, add_special_tokens=False)["input_ids"] for p in prompts],
+                "completion_ids": [x.token_ids for x in comps], "logprobs": None,
+                "env_mask": [x.tool_mask for x in comps], "tool_calls": [x.tool_calls or [] for x in comps]}
+
+    return rollout
 
 
 # ---------------------------------------------------------------------------------------------
@@ -395,8 +437,9 @@ def _build_trainer(c: RLConfig, stage: dict[str, Any], k: int, model: Any, token
     callbacks = [MetricsCallback(out / "metrics.jsonl", stage["name"], k + 1, step_offset)]
     if plateau:
         callbacks.append(plateau)
+    rollout = make_tir_rollout(c, tokenizer) if c.tools else None
     trainer = StillGRPOTrainer(
-        model=model, reward_funcs=make_reward_funcs(c.rewards, eos_ids, c.grade_timeout), args=args,
+        model=model, reward_funcs=make_reward_funcs(c.rewards, eos_ids, c.grade_timeout), args=args, rollout_func=rollout,
         train_dataset=Dataset.from_list(rows), processing_class=tokenizer, callbacks=callbacks,
         dynamic_sampling=c.dynamic_sampling, dynamic_sampling_max_rounds=c.dynamic_sampling_max_rounds)
     trainer.still_plateau = plateau
