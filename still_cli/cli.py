@@ -20,7 +20,7 @@ import typer
 
 from . import __version__
 from .config import config_fields, field_types, help_of
-from .errors import NotBuiltError, StillError
+from .errors import StillError
 
 app = typer.Typer(
     name="still",
@@ -155,23 +155,11 @@ def stage_command(name: str, cls: type, run: str, *, summary: str, examples: lis
     app.command(name, help=doc, short_help=summary, epilog=epilog)(command)
 
 
-def not_built(name: str, summary: str, examples: list[str], issue: str) -> None:
-    """A subcommand whose stage is not implemented yet: says so plainly and exits 1, whatever it is given."""
-
-    def command(ctx: typer.Context) -> None:
-        raise NotBuiltError(f"`still {name}` is not built yet (tracked in {issue}); nothing was run. "
-                            f"See the README's status table for what works today")
-
-    command.__name__ = name.replace("-", "_")
-    epilog = "NOT BUILT YET. Planned usage:\n\n" + "\n\n".join(f"  {e}" for e in examples)
-    app.command(name, help=f"{summary} [not built yet]", short_help=f"{summary} [not built yet]",
-                epilog=epilog, context_settings={"ignore_unknown_options": True, "allow_extra_args": True})(command)
-
-
 def _register_stages() -> None:
     from .stages.distill import DistillConfig
     from .stages.eval import EvalConfig
     from .stages.explore import ExploreConfig
+    from .stages.hint_engineer import HintEngineerConfig
     from .stages.rl import RLConfig
     from .stages.sft import SFTStageConfig
     from .tiny_model import InitModelConfig
@@ -194,8 +182,14 @@ def _register_stages() -> None:
             "still sft --model runs/sft --data runs/explore-r1/merged.jsonl -o runs/sft-r1   # next round",
             "still sft --model runs/sft --data runs/explore-r1/pairs.jsonl --method dpo -o runs/dpo",
         ])
-    not_built("hint-engineer", "Insert code-use hints into traces and keep verified tool-integrated ones.",
-              ["still hint-engineer --model runs/sft --data distilled.jsonl -o hinted.jsonl"], "issue 6")
+    stage_command(
+        "hint-engineer", HintEngineerConfig, "stages.hint_engineer:main",
+        summary="Insert code-use hints into traces (CoRT), continue them with a model + sandbox, keep verified ones.",
+        examples=[
+            "still hint-engineer --model Qwen/QwQ-32B --backend openai --data distilled.jsonl --n 4 -o hinted.jsonl",
+            "still hint-engineer --model arith-tools --backend scripted --data distilled.jsonl -o hinted.jsonl",
+            "still hint-engineer --model M --data distilled.jsonl --positions my_positions.jsonl -o hinted.jsonl",
+        ])
     stage_command(
         "eval", EvalConfig, "stages.eval:main", positional="benchmarks",
         summary="Evaluate a model (or re-score given responses) on AIME, MATH-500, AMC, GSM8K or any file.",

@@ -24,7 +24,3 @@ class ModelError(StillError):
 
 class BackendError(StillError):
     """A sampling backend is unavailable or failed (vLLM missing, server unreachable)."""
-
-
-class NotBuiltError(StillError):
-    """A subcommand whose stage is not implemented yet."""

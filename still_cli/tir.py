@@ -72,17 +72,21 @@ def _cut(text: str, limit: int) -> str:
     return text[:half] + "\n...\n" + text[-half:]
 
 
-def generate(sampler: Any, prompts: list[Any], params: SamplingParams, settings: TIRSettings) -> list[list[Completion]]:
+def generate(sampler: Any, prompts: list[Any], params: SamplingParams, settings: TIRSettings,
+             prefixes: list[str] | None = None) -> list[list[Completion]]:
     """`params.n` TIR rollouts per prompt, shape (len(prompts), n). Prompts are rendered strings
     (hf / vllm / completions endpoint) or chat messages (chat endpoint; the rollout so far is sent as
-    a trailing assistant message to continue)."""
+    a trailing assistant message to continue). `prefixes[i]` starts prompt i's response (a hinted
+    trace, possibly ending inside an opened ```python block); the returned text includes it, the
+    token counts and ids cover only what was generated and executed after it."""
     from .sandbox import Limits, Session
 
     tok = getattr(sampler, "tokenizer", None)
     states = []
-    for p in prompts:
+    for i, p in enumerate(prompts):
         for _ in range(params.n):
-            states.append({"prompt": p, "text": "", "ids": [], "mask": [], "tokens": 0, "calls": [],
+            states.append({"prompt": p, "text": prefixes[i] if prefixes else "", "ids": [], "mask": [],
+                           "tokens": 0, "calls": [],
                            "done": False, "finish": "stop",
                            "session": Session(Limits(timeout=settings.timeout, memory_mb=settings.memory_mb,
                                                      max_output=settings.max_output_chars))})

@@ -36,3 +36,19 @@ def sft_model(tiny_model, tmp_path_factory) -> Path:
     return run(SFTStageConfig(model=str(tiny_model), data=str(data), output=str(out), max_steps=60,
                               learning_rate=3e-3, warmup_steps=5, per_device_train_batch_size=32, max_length=256,
                               save_steps=1000, logging_steps=20))
+
+
+@pytest.fixture(scope="session")
+def tool_model(tiny_model, tmp_path_factory) -> Path:
+    """The session's tiny model after SFT on the scripted teacher's tool-integrated traces: it opens
+    ```python blocks (with garbled operands), so TIR rollouts really run code."""
+    from still_cli.stages.distill import DistillConfig, run as distill
+    from still_cli.stages.sft import SFTStageConfig, run as sft
+
+    root = tmp_path_factory.mktemp("tools")
+    data = Path(__file__).resolve().parents[1] / "data" / "tiny" / "arith_rl.jsonl"
+    distill(DistillConfig(teacher="arith-tools", backend="scripted", tools=True, data=str(data), n=1,
+                          max_tokens=300, output=str(root / "traces.jsonl")))
+    return sft(SFTStageConfig(model=str(tiny_model), data=str(root / "traces.jsonl"), output=str(root / "model"),
+                              max_steps=150, learning_rate=5e-3, warmup_steps=10, per_device_train_batch_size=32,
+                              max_length=256, save_steps=1000, logging_steps=50))

@@ -40,13 +40,6 @@ def test_version():
     assert r.returncode == 0 and __version__ in r.stdout
 
 
-@pytest.mark.parametrize("cmd", ["hint-engineer"])
-def test_unbuilt_stages_say_so_and_fail(cmd):
-    r = run_cli(cmd, "--model", "x")
-    assert r.returncode == 1
-    assert "not built yet" in r.stderr and r.stdout == ""
-
-
 def test_usage_error_exits_2():
     r = run_cli("eval", "--no-such-flag")
     assert r.returncode == 2

@@ -206,3 +206,18 @@ def test_runs_data_parallel_under_accelerate_launch(stage, sft_model, tmp_path):
     assert rows[-1]["epoch"] == pytest.approx(rows[-1]["step"] * 2 * per_step)
     before, after = _weights(sft_model), _weights(out)
     assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_rl_with_tools_runs_code_and_masks_executor_output(tool_model, tmp_path):
+    from still_cli.stages.rl import RLConfig, run
+
+    out = run(RLConfig(model=str(tool_model), data=str(RL_DATA), output=str(tmp_path / "rl"), max_steps=2, tools=True,
+                       rewards=["signed", "code_use"], **{**SMALL, "max_completion_length": 64}))
+    rows = [r for r in _metrics(out) if "reward" in r]
+    assert all(r["tools/calls_per_completion"] > 0.5 for r in rows)  # the policy's code ran in the sandbox
+    assert "rewards/code_use/mean" in rows[0]
+    # TRL counts only model tokens (env_mask = 1) in the completion length when a mask is given: the
+    # executor's output blocks are not part of it, so it is shorter than the ids the rollout returned
+    assert all(r["completions/mean_length"] < 64 for r in rows)
+    before, after = _weights(tool_model), _weights(out)
+    assert any(not torch.equal(before[k], after[k]) for k in before)

@@ -109,3 +109,14 @@ def test_eval_with_tools_reports_calls(tmp_path):
     (bench,) = res.values()
     assert bench["pass@1"] == 1.0 and bench["tool_calls"] == 1.0 and bench["tool_errors"] == 0.0
     assert "tool calls" in r.stdout
+
+
+def test_explore_with_tools_records_calls(tmp_path):
+    r = run_cli("explore", "--model", "arith-tools", "--backend", "scripted", "--tools", "--data",
+                str(ROOT / "data" / "tiny" / "arith_rl.jsonl"), "--limit", "4", "--n", "2", "--max-tokens", "300",
+                "-o", str(tmp_path / "ex"))
+    assert r.returncode == 0, r.stderr
+    recs = [json.loads(x) for x in (tmp_path / "ex" / "samples.jsonl").read_text().splitlines()]
+    assert all(s["tool_calls"] and s["tool_calls"][0]["error"] is None for rec in recs for s in rec["samples"])
+    sft = [json.loads(x) for x in (tmp_path / "ex" / "sft.jsonl").read_text().splitlines()]
+    assert sft and all(x["tool_calls"] == 1 for x in sft)

@@ -66,8 +66,14 @@ class ScriptedSampler:
         """Before any output: open the thought and write the code, stopping at the closing fence (as
         generation with the fence as stop string does). After an output block: answer from it."""
         expr = problem[len("What is "):-1]
-        if "```output\n" not in context:
-            text = ("<think>\nThis is tedious by hand; let me use python.\n```python\nprint(" + expr + ")\n```\n")
+        after = context.split(problem, 1)[-1]  # the response so far (a hinted prefix, earlier turns)
+        if "```output\n" not in after:
+            if after.endswith("```python\n"):  # continue an opened block
+                text = f"print({expr})\n```\n"
+            elif "<think>" in after:
+                text = f"```python\nprint({expr})\n```\n"
+            else:
+                text = "<think>\nThis is tedious by hand; let me use python.\n```python\nprint(" + expr + ")\n```\n"
             return Completion(text, len(text.split()), "stop")
         shown = context.rsplit("```output\n", 1)[1].split("\n```", 1)[0].strip()
         value = shown.splitlines()[-1].strip() if shown else "unknown"
