@@ -27,6 +27,7 @@ app = typer.Typer(
     help=(
         "Slow-thinking training from one CLI: distill -> sft -> explore -> rl -> tools -> eval.\n\n"
         "Quick start (no download, CPU):\n\n"
+        "  still demo --quick            # the whole loop on a tiny model, with a report\n\n"
         "  still init-model runs/tiny\n\n"
         "  still data list\n\n"
         "  still eval aime2024 --model runs/tiny --n 2 --max-tokens 64 -o runs/eval\n\n"
@@ -156,6 +157,7 @@ def stage_command(name: str, cls: type, run: str, *, summary: str, examples: lis
 
 
 def _register_stages() -> None:
+    from .demo import DemoConfig
     from .stages.distill import DistillConfig
     from .stages.eval import EvalConfig
     from .stages.explore import ExploreConfig
@@ -220,12 +222,27 @@ def _register_stages() -> None:
             "still rl --model runs/sft --recipe recipes/tiny/rl.yaml -o runs/rl --resume   # after a crash",
         ])
     stage_command(
+        "demo", DemoConfig, "demo:main",
+        summary="The whole loop on a tiny model on CPU (distill, sft, explore, self-improve, rl, tools) with a report.",
+        examples=["still demo", "still demo --quick -o runs/demo-quick", "still demo --seed 1 -o runs/demo-seed1"])
+    stage_command(
         "init-model", InitModelConfig, "tiny_model:main", positional="output",
         summary="Build a tiny Qwen2-architecture model + tokenizer locally (tests, CI, demo; no download).",
         examples=["still init-model runs/tiny", "still init-model runs/wide --hidden-size 256 --num-hidden-layers 6"])
 
 
 _register_stages()
+
+
+@app.command("report")
+def report(run_dir: str = typer.Argument(..., help="A demo, eval, sft or rl run folder.")) -> None:
+    """Render the report of a run folder: a demo's table and plots, or an eval / sft / rl summary.
+
+    Example:  still report runs/demo
+    """
+    from .demo import report_main
+
+    typer.echo(report_main(run_dir))
 
 
 # ---------------------------------------------------------------------------------------------

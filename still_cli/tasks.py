@@ -37,6 +37,20 @@ def problems(n: int, seed: int, levels: tuple[int, ...] = (1, 2, 3, 4), prefix: 
     return [{"id": f"{prefix}-{seed}-{i}", **make_problem(rng, levels[i % len(levels)])} for i in range(n)]
 
 
+def big_problems(n: int, seed: int, digits: int = 3, prefix: str = "big") -> list[dict[str, Any]]:
+    """Two-term problems with `digits`-digit operands ("What is 347 + 589?"): too long to add in a tiny
+    model's head, easy to copy into code. Level "big"."""
+    rng = random.Random(seed)
+    lo, hi = 10 ** (digits - 1), 10 ** digits - 1
+    out = []
+    for i in range(n):
+        a, b = rng.randint(lo, hi), rng.randint(lo, hi)
+        op = "+" if rng.random() < 0.5 or a < b else "-"
+        out.append({"id": f"{prefix}-{seed}-{i}", "problem": f"What is {a} {op} {b}?",
+                    "answer": str(a + b if op == "+" else a - b), "level": "big"})
+    return out
+
+
 def _terms(problem: str) -> list[tuple[str, int]]:
     expr = problem.split("What is", 1)[1].rstrip("?").strip()
     toks = [m.group(0) for m in _TERM.finditer(expr)]

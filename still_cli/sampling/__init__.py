@@ -9,7 +9,7 @@ distill and RL rollouts run the same way on a laptop (hf), on a GPU node (vllm) 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Protocol
+from typing import Any, Iterator, Literal, Protocol
 
 BACKENDS = ("hf", "vllm", "openai", "scripted")
 
@@ -66,6 +66,34 @@ def make_sampler(backend: str, model: str, **kwargs: Any) -> Sampler:
     from ..errors import ConfigError
 
     raise ConfigError(f"backend {backend!r} is unknown; use one of {', '.join(BACKENDS)}")
+
+
+@dataclass
+class BackendSettings:
+    """Sampler settings every sampling stage shares (one name everywhere: --base-urls, --batch-size, ...)."""
+
+    base_urls: list[str] = field(default_factory=lambda: ["http://localhost:8000/v1"], metadata={
+        "help": "openai: server base URLs; requests are spread over them."})
+    api_key_env: str | None = field(default="OPENAI_API_KEY", metadata={
+        "help": "openai: name of the environment variable holding the API key (the key itself is never stored)."})
+    endpoint: Literal["chat", "completions"] = field(default="chat", metadata={"help": "openai: chat or completions endpoint."})
+    concurrency: int = field(default=16, metadata={"help": "openai: requests in flight at once."})
+    request_timeout: float = field(default=600.0, metadata={"help": "openai: seconds per request before a retry."})
+    max_retries: int = field(default=6, metadata={
+        "help": "openai: retries per request (429, 5xx, timeouts, dropped connections)."})
+    batch_size: int = field(default=32, metadata={"help": "hf: sequences per generate() call."})
+    dtype: str = field(default="auto", metadata={"help": "hf/vllm: model dtype (auto, float32, bfloat16, float16)."})
+
+
+@dataclass
+class ToolSettings:
+    """Tool-integrated reasoning settings (CoRT's eval values as defaults)."""
+
+    tools: bool = field(default=False, metadata={
+        "help": "Tool-integrated reasoning: run the model's ```python blocks in the sandbox and feed the output back."})
+    max_tool_calls: int = field(default=15, metadata={"help": "--tools: code calls per response (CoRT eval: 15)."})
+    tool_timeout: float = field(default=30.0, metadata={"help": "--tools: seconds per code call (CoRT eval: 30)."})
+    tool_output_chars: int = field(default=800, metadata={"help": "--tools: characters of output shown (CoRT: 800)."})
 
 
 # Config fields each backend takes (stages share these names: --batch-size, --base-urls, ...).

@@ -27,12 +27,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..config import require
+from ..sampling import BackendSettings, ToolSettings
 
 log = logging.getLogger("still.distill")
 
 
 @dataclass
-class DistillConfig:
+class DistillConfig(BackendSettings, ToolSettings):
     """Sample long chains of thought from a teacher; keep the verified ones as SFT rows."""
 
     teacher: str = field(default="", metadata={"help": "Teacher model: served model name (openai), folder or hub id (hf/vllm), or arith (scripted)."})
@@ -58,26 +59,11 @@ class DistillConfig:
     decontaminate_ngram: int = field(default=8, metadata={"help": "Word n-gram size for decontamination."})
     decontaminate_threshold: float = field(default=0.0, metadata={
         "help": "Drop a problem when more than this share of its n-grams occur in a benchmark (0 = any)."})
-    base_urls: list[str] = field(default_factory=lambda: ["http://localhost:8000/v1"], metadata={
-        "help": "openai: server base URLs; requests are spread over them."})
-    api_key_env: str | None = field(default="OPENAI_API_KEY", metadata={
-        "help": "openai: name of the environment variable holding the API key (the key itself is never stored)."})
-    endpoint: Literal["chat", "completions"] = field(default="chat", metadata={"help": "openai: chat or completions endpoint."})
-    concurrency: int = field(default=16, metadata={"help": "openai: requests in flight at once."})
-    request_timeout: float = field(default=600.0, metadata={"help": "openai: seconds per request before a retry."})
-    max_retries: int = field(default=6, metadata={"help": "openai: retries per request (429, 5xx, timeouts, dropped connections)."})
-    batch_size: int = field(default=32, metadata={"help": "hf: sequences per generate() call."})
-    dtype: str = field(default="auto", metadata={"help": "hf/vllm: model dtype."})
     limit: int | None = field(default=None, metadata={"help": "Only the first N problems."})
     problem_field: str = field(default="problem", metadata={"help": "Column holding the problem text."})
     answer_field: str = field(default="answer", metadata={"help": "Column holding the gold answer."})
     id_field: str = field(default="id", metadata={"help": "Column holding the row id."})
     grade_timeout: float = field(default=5.0, metadata={"help": "Seconds to grade one answer."})
-    tools: bool = field(default=False, metadata={
-        "help": "Tool-integrated reasoning: run the model's ```python blocks in the sandbox and feed the output back."})
-    max_tool_calls: int = field(default=15, metadata={"help": "--tools: code calls per response (CoRT eval: 15)."})
-    tool_timeout: float = field(default=30.0, metadata={"help": "--tools: seconds per code call (CoRT eval: 30)."})
-    tool_output_chars: int = field(default=800, metadata={"help": "--tools: characters of output shown (CoRT: 800)."})
 
     def __post_init__(self):
         require(bool(self.teacher), "distill needs --teacher (a served model name, a model folder, or arith)")

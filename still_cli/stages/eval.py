@@ -22,12 +22,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..config import require
+from ..sampling import BackendSettings, ToolSettings
 
 log = logging.getLogger("still.eval")
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(BackendSettings, ToolSettings):
     """Evaluate a model (or re-score given responses) on math benchmarks."""
 
     benchmarks: list[str] = field(default_factory=list, metadata={
@@ -51,8 +52,6 @@ class EvalConfig:
     prefill_think: bool = field(default=False, metadata={
         "help": "Append '<think>\\n' to the prompt (for templates that do not pre-fill it)."})
     limit: int | None = field(default=None, metadata={"help": "Only the first N problems of each benchmark."})
-    batch_size: int = field(default=32, metadata={"help": "hf backend: sequences per generate() call."})
-    dtype: str = field(default="auto", metadata={"help": "Model dtype (auto, float32, bfloat16, float16)."})
     responses: str | None = field(default=None, metadata={
         "help": "Score this file of existing responses instead of sampling (no model needed)."})
     responses_field: str = field(default="responses", metadata={
@@ -61,18 +60,6 @@ class EvalConfig:
     answer_field: str = field(default="answer", metadata={"help": "Column holding the gold answer."})
     id_field: str = field(default="id", metadata={"help": "Column holding the row id."})
     grade_timeout: float = field(default=5.0, metadata={"help": "Seconds allowed to grade one answer."})
-    base_urls: list[str] = field(default_factory=lambda: ["http://localhost:8000/v1"], metadata={
-        "help": "openai: server base URLs; requests are spread over them."})
-    api_key_env: str | None = field(default="OPENAI_API_KEY", metadata={"help": "openai: env variable holding the API key."})
-    endpoint: Literal["chat", "completions"] = field(default="chat", metadata={"help": "openai: chat or completions endpoint."})
-    concurrency: int = field(default=16, metadata={"help": "openai: requests in flight."})
-    request_timeout: float = field(default=600.0, metadata={"help": "openai: seconds per request."})
-    max_retries: int = field(default=6, metadata={"help": "openai: retries per request."})
-    tools: bool = field(default=False, metadata={
-        "help": "Tool-integrated reasoning: run the model's ```python blocks in the sandbox and feed the output back."})
-    max_tool_calls: int = field(default=15, metadata={"help": "--tools: code calls per response (CoRT eval: 15)."})
-    tool_timeout: float = field(default=30.0, metadata={"help": "--tools: seconds per code call (CoRT eval: 30)."})
-    tool_output_chars: int = field(default=800, metadata={"help": "--tools: characters of output shown (CoRT: 800)."})
 
     def __post_init__(self):
         require(bool(self.output), "eval needs an output folder; add -o runs/eval-NAME")

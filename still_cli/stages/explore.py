@@ -31,12 +31,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..config import require
+from ..sampling import BackendSettings, ToolSettings
 
 log = logging.getLogger("still.explore")
 
 
 @dataclass
-class ExploreConfig:
+class ExploreConfig(BackendSettings, ToolSettings):
     """Many rollouts per problem: difficulty table, verified trajectories, preference pairs, self-improve merge."""
 
     model: str = field(default="", metadata={"help": "Model folder or hub id (hf/vllm), or served model name (openai)."})
@@ -58,24 +59,11 @@ class ExploreConfig:
     max_pairs_per_problem: int | None = field(default=2, metadata={"help": "Preference pairs per problem; None = all."})
     merge_with: str | None = field(default=None, metadata={"help": "Previous training rows to merge the new ones into (dedup)."})
     round: int | None = field(default=None, metadata={"help": "Self-improve round recorded in outputs; None = previous round + 1."})
-    base_urls: list[str] = field(default_factory=lambda: ["http://localhost:8000/v1"], metadata={"help": "openai: server base URLs."})
-    api_key_env: str | None = field(default="OPENAI_API_KEY", metadata={"help": "openai: env variable holding the API key."})
-    endpoint: Literal["chat", "completions"] = field(default="chat", metadata={"help": "openai: chat or completions endpoint."})
-    concurrency: int = field(default=16, metadata={"help": "openai: requests in flight."})
-    request_timeout: float = field(default=600.0, metadata={"help": "openai: seconds per request."})
-    max_retries: int = field(default=6, metadata={"help": "openai: retries per request."})
-    batch_size: int = field(default=32, metadata={"help": "hf: sequences per generate() call."})
-    dtype: str = field(default="auto", metadata={"help": "hf/vllm: model dtype."})
     limit: int | None = field(default=None, metadata={"help": "Only the first N problems."})
     problem_field: str = field(default="problem", metadata={"help": "Column holding the problem text."})
     answer_field: str = field(default="answer", metadata={"help": "Column holding the gold answer."})
     id_field: str = field(default="id", metadata={"help": "Column holding the row id."})
     grade_timeout: float = field(default=5.0, metadata={"help": "Seconds to grade one answer."})
-    tools: bool = field(default=False, metadata={
-        "help": "Tool-integrated reasoning: run the model's ```python blocks in the sandbox and feed the output back."})
-    max_tool_calls: int = field(default=15, metadata={"help": "--tools: code calls per response (CoRT eval: 15)."})
-    tool_timeout: float = field(default=30.0, metadata={"help": "--tools: seconds per code call (CoRT eval: 30)."})
-    tool_output_chars: int = field(default=800, metadata={"help": "--tools: characters of output shown (CoRT: 800)."})
 
     def __post_init__(self):
         require(bool(self.model), "explore needs --model (a folder, hub id, or served model name)")

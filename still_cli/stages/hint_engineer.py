@@ -23,12 +23,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..config import require
+from ..sampling import BackendSettings
 
 log = logging.getLogger("still.hint_engineer")
 
 
 @dataclass
-class HintEngineerConfig:
+class HintEngineerConfig(BackendSettings):
     """Insert code-use hints into traces, continue them with a model + sandbox, keep the verified ones."""
 
     model: str = field(default="", metadata={"help": "Model that continues the hinted traces (folder, hub id, served name, arith-tools)."})
@@ -52,14 +53,6 @@ class HintEngineerConfig:
     max_tool_calls: int = field(default=15, metadata={"help": "Code calls per continuation (CoRT eval: 15)."})
     tool_timeout: float = field(default=30.0, metadata={"help": "Seconds per code call."})
     tool_output_chars: int = field(default=800, metadata={"help": "Characters of output shown to the model."})
-    base_urls: list[str] = field(default_factory=lambda: ["http://localhost:8000/v1"], metadata={"help": "openai: server base URLs."})
-    api_key_env: str | None = field(default="OPENAI_API_KEY", metadata={"help": "openai: env variable holding the API key."})
-    endpoint: Literal["chat", "completions"] = field(default="chat", metadata={"help": "openai: chat or completions endpoint."})
-    concurrency: int = field(default=16, metadata={"help": "openai: requests in flight."})
-    request_timeout: float = field(default=600.0, metadata={"help": "openai: seconds per request."})
-    max_retries: int = field(default=6, metadata={"help": "openai: retries per request."})
-    batch_size: int = field(default=32, metadata={"help": "hf: sequences per generate() call."})
-    dtype: str = field(default="auto", metadata={"help": "hf/vllm: model dtype."})
     limit: int | None = field(default=None, metadata={"help": "Only the first N rows."})
     problem_field: str = field(default="problem", metadata={"help": "Column holding the problem text."})
     answer_field: str = field(default="answer", metadata={"help": "Column holding the gold answer."})

@@ -350,6 +350,14 @@ def run(c: RLConfig) -> Path:
             table = _difficulty_table(c, out, problems, tokenizer)
     state = _load_state(out)
     per_stage = [_stage_problems(c, s, problems, table) for s in stages]  # fail before training, not between stages
+    gen = c.generation_batch_size or c.per_device_train_batch_size * c.gradient_accumulation_steps
+    need = gen // c.num_generations * dist.num_processes  # distinct prompts one generation round takes
+    for s, chosen in zip(stages, per_stage):
+        if len(chosen) < need:
+            from ..errors import DataError
+
+            raise DataError(f"stage {s['name']!r} has {len(chosen)} problem(s), fewer than the {need} prompts one "
+                            f"step samples; widen its levels, add data, or lower per_device_train_batch_size")
     cuda = torch.cuda.is_available()
     for k, stage in enumerate(stages):
         if k < len(state["finished"]):

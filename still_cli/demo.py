@@ -1,0 +1,371 @@
+"""`still demo`: the whole imitate -> explore -> self-improve -> RL -> tools loop on a laptop, measured.
+
+A tiny Qwen2-shaped model (built here, no download) learns the synthetic arithmetic task of
+still_cli/tasks.py: "What is 7 + 15 - 3 + 12?", levels 1-4 = number of operations, and "big" problems
+with 3-digit operands that a model this small cannot add in its head but can copy into code. Every step
+runs through the same code the subcommands use (the stages' `run()` with their config classes):
+
+  1 init-model                          a random-init tiny model
+  2 distill  --backend scripted         the scripted teacher (10% slips) -> rejection sampling
+  3 sft                                 imitate the verified traces
+  4 explore + sft (self-improve)        rollouts on the training pool; verified ones merged with the
+                                        distilled set (dedup); a short low-lr SFT on the merge
+  5 rl (staged difficulty)              difficulty = explore's pass rates; medium level, then hard
+  6 hint-engineer + sft with tools      CoRT hints in the traces + big problems, continued by the scripted
+                                        tool teacher in the sandbox; SFT on the verified tool traces
+  7 eval --tools                        held-out accuracy with the sandbox in the loop
+
+After each stage: greedy accuracy on held-out problems (overall and per level), mean response length
+and tool calls per response, and accuracy on held-out big problems (with and without tools at the
+end). Writes `report.md` (the table), `report.json`, `accuracy.png`, `rl.png`, and every stage's
+outputs and configs under `-o DIR`. A rerun skips finished stages (each leaves a `done.json`).
+
+The orchestrator imports the stages (it is not a stage itself; stages never import each other).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("still.demo")
+
+
+@dataclass
+class DemoConfig:
+    """Run the whole pipeline on a tiny model on CPU and report what each stage changed."""
+
+    output: str = field(default="runs/demo", metadata={"help": "Run folder (report + every stage's outputs)."})
+    quick: bool = field(default=False, metadata={"help": "A ~2-3 minute version (fewer steps, smaller sets)."})
+    seed: int = field(default=0, metadata={"help": "Seed for data, model init and sampling."})
+
+
+# The problem text alone as the user turn: a tiny model learns the format from the traces, and shorter
+# sequences make every step faster on CPU (the r1 instruction adds ~25 tokens per row).
+PROMPT = "raw"
+
+
+@dataclass
+class Plan:
+    train: int
+    test: int
+    big_test: int
+    big_train: int
+    sft_steps: int
+    explore_problems: int
+    self_improve_steps: int
+    rl_steps: tuple[int, int]
+    tool_steps: int
+
+
+PLANS = {
+    False: Plan(train=3000, test=400, big_test=100, big_train=400, sft_steps=900, explore_problems=400,
+                self_improve_steps=100, rl_steps=(20, 20), tool_steps=300),
+    True: Plan(train=1500, test=200, big_test=60, big_train=300, sft_steps=300, explore_problems=120,
+               self_improve_steps=40, rl_steps=(6, 6), tool_steps=200),
+}
+
+
+def _write(path: Path, rows: list[dict[str, Any]]) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def _step(out: Path, name: str, fn) -> dict[str, Any]:
+    """Run one pipeline step unless it finished before (its done.json holds its result)."""
+    folder = out / name
+    done = folder / "done.json"
+    if done.exists():
+        log.info("demo: %s already done, skipping", name)
+        return json.loads(done.read_text())
+    folder.mkdir(parents=True, exist_ok=True)
+    t = time.perf_counter()
+    result = fn(folder) or {}
+    result["seconds"] = round(time.perf_counter() - t, 1)
+    done.write_text(json.dumps(result, indent=2))
+    log.info("demo: %s done in %.0f s", name, result["seconds"])
+    return result
+
+
+def _eval(model: str, data: str, folder: Path, name: str, tools: bool = False, backend: str = "hf") -> dict[str, Any]:
+    from .stages.eval import EvalConfig, run
+
+    res = run(EvalConfig(benchmarks=[data], model=model, backend=backend, output=str(folder / name), n=1,
+                         prompt_template=PROMPT,
+                         temperature=0.0, max_tokens=160 if tools else 96, batch_size=64, tools=tools,
+                         max_tool_calls=3, tool_timeout=5.0))
+    (r,) = res.values()
+    return {"accuracy": r["pass@1"], "by_level": {k: v["pass@1"] for k, v in r.get("by_level", {}).items()},
+            "mean_length": r["mean_length"], "tool_calls": r.get("tool_calls", 0.0)}
+
+
+def _evals(model: str, d: dict[str, str], folder: Path, tools: bool = False) -> dict[str, Any]:
+    row = {"heldout": _eval(model, d["test"], folder, "eval-heldout", tools),
+           "big": _eval(model, d["big_test"], folder, "eval-big", tools)}
+    if tools:  # the same model without the sandbox, for the comparison
+        row["big_no_tools"] = _eval(model, d["big_test"], folder, "eval-big-no-tools", False)
+    return row
+
+
+def run(c: DemoConfig) -> dict[str, Any]:
+    from . import tasks
+    from .stages.distill import DistillConfig, run as distill
+    from .stages.explore import ExploreConfig, run as explore
+    from .stages.hint_engineer import HintEngineerConfig, run as hint_engineer
+    from .stages.rl import RLConfig, run as rl
+    from .stages.sft import SFTStageConfig, run as sft
+    from .tiny_model import InitModelConfig, init_model
+
+    plan = PLANS[c.quick]
+    out = Path(c.output)
+    out.mkdir(parents=True, exist_ok=True)
+    s = c.seed
+    # --- data: training pool, held-out sets (no problem text shared) --------------------------------
+    test = tasks.problems(plan.test, seed=10_000 + s, prefix="test")
+    seen = {p["problem"] for p in test}
+    train = [p for p in tasks.problems(plan.train + plan.test, seed=s, prefix="train") if p["problem"] not in seen]
+    train = train[: plan.train]
+    big_test = tasks.big_problems(plan.big_test, seed=20_000 + s, prefix="bigtest")
+    big_train = [p for p in tasks.big_problems(plan.big_train + plan.big_test, seed=30_000 + s, prefix="bigtrain")
+                 if p["problem"] not in {q["problem"] for q in big_test}][: plan.big_train]
+    d = {"train": _write(out / "data" / "train.jsonl", train), "test": _write(out / "data" / "test.jsonl", test),
+         "big_test": _write(out / "data" / "big_test.jsonl", big_test),
+         "big_train": _write(out / "data" / "big_train.jsonl", big_train)}
+    stages: list[tuple[str, dict[str, Any]]] = []
+
+    # 1. a random-init model
+    def s_init(f: Path):
+        model = init_model(InitModelConfig(output=str(f / "model"), seed=s))
+        return {"model": str(model), **_evals(str(model), d, f)}
+    r = _step(out, "1-init", s_init)
+    stages.append(("untrained", r))
+
+    # 2 + 3. distill from the scripted teacher (rejection sampling), SFT on it
+    def s_sft(f: Path):
+        distill(DistillConfig(teacher="arith:0.1", backend="scripted", data=d["train"], n=1, prompt_template=PROMPT,
+                              output=str(f / "distilled.jsonl"), seed=s))
+        model = sft(SFTStageConfig(model=r["model"], data=str(f / "distilled.jsonl"), output=str(f / "model"),
+                                   max_steps=plan.sft_steps, learning_rate=3e-3, lr_scheduler_type="cosine",
+                                   warmup_steps=20, per_device_train_batch_size=32, max_length=160,
+                                   save_steps=10_000, logging_steps=25, seed=s))
+        return {"model": str(model), "distilled": str(f / "distilled.jsonl"), **_evals(str(model), d, f)}
+    r_sft = _step(out, "2-distill-sft", s_sft)
+    stages.append(("distill + sft", r_sft))
+
+    # 4. explore + self-improve
+    def s_self(f: Path):
+        explore(ExploreConfig(model=r_sft["model"], data=d["train"], limit=plan.explore_problems, n=4,
+                              prompt_template=PROMPT,
+                              temperature=1.0, max_tokens=96, batch_size=64, merge_with=r_sft["distilled"],
+                              keep_per_problem=2, output=str(f / "explore"), seed=s))
+        model = sft(SFTStageConfig(model=r_sft["model"], data=str(f / "explore" / "merged.jsonl"),
+                                   output=str(f / "model"), max_steps=plan.self_improve_steps, learning_rate=3e-4,
+                                   lr_scheduler_type="cosine", warmup_steps=10, per_device_train_batch_size=32,
+                                   max_length=256, save_steps=10_000, logging_steps=25, seed=s))
+        summary = json.loads((f / "explore" / "summary.json").read_text())
+        return {"model": str(model), "difficulty": str(f / "explore" / "difficulty.jsonl"),
+                "explore": {k: summary[k] for k in ("mean_pass_rate", "solved_never", "solved_always", "sft_rows",
+                                                    "merged_rows", "duplicates_dropped")}, **_evals(str(model), d, f)}
+    r_self = _step(out, "3-explore-self-improve", s_self)
+    stages.append(("explore + self-improve", r_self))
+
+    # 5. staged-difficulty RL from the explore difficulty table
+    def s_rl(f: Path):
+        rates = [json.loads(x)["pass_rate"] for x in Path(r_self["difficulty"]).read_text().splitlines()]
+        medium = sum(0.5 <= p < 1 for p in rates)
+        hard = sum(0 < p < 0.5 for p in rates)
+        need = 4  # prompts per step: 32 completions / 8 generations
+        if medium >= need and hard >= need:
+            levels = {"medium": [0.5, 1.0], "hard": [0.0, 0.49]}
+            plan_stages = [{"name": "medium", "levels": ["medium"], "max_steps": plan.rl_steps[0]},
+                           {"name": "hard", "levels": ["hard"], "max_steps": plan.rl_steps[1],
+                            "max_completion_length": 112}]
+        elif medium + hard >= need:  # too few problems to split: one stage over all with a learning signal
+            levels = {"all": [0.0, 1.0]}
+            plan_stages = [{"name": "all", "levels": ["all"], "max_steps": sum(plan.rl_steps)}]
+        else:
+            log.warning("demo: only %d problems with a learning signal (0 < pass rate < 1); RL skipped", medium + hard)
+            return {"model": r_self["model"], "skipped": f"only {medium + hard} problems with a learning signal",
+                    **{k: r_self[k] for k in ("heldout", "big")}}
+        model = rl(RLConfig(
+            model=r_self["model"], data=d["train"], output=str(f / "rl"), difficulty=r_self["difficulty"],
+            prompt_template=PROMPT, levels=levels, stages=plan_stages,
+            rewards=["accuracy"], loss_type="grpo", num_generations=8, per_device_train_batch_size=32,
+            temperature=1.0, max_completion_length=96, learning_rate=1e-5, warmup_steps=3, beta=0.0,
+            save_steps=10_000, logging_steps=1, seed=s))
+        return {"model": str(model), "levels": {"medium": medium, "hard": hard}, **_evals(str(model), d, f)}
+    r_rl = _step(out, "4-rl-staged", s_rl)
+    stages.append(("rl (staged)", r_rl))
+
+    # 6 + 7. hint-engineer + SFT with tools, eval with tools
+    def s_tools(f: Path):
+        hinted = f / "hinted.jsonl"
+        distilled = [json.loads(x) for x in Path(r_sft["distilled"]).read_text().splitlines()]
+        traces = _write(f / "traces.jsonl", distilled[: len(big_train)] + big_train)
+        hint_engineer(HintEngineerConfig(model="arith-tools", backend="scripted", data=traces, hints=["prompt", "python"],
+                                         prompt_template=PROMPT,
+                                         n=1, max_tokens=300, tool_timeout=5.0, output=str(hinted)))
+        mix = _write(f / "tools_sft.jsonl", [json.loads(x) for x in hinted.read_text().splitlines()]
+                     + distilled[len(big_train): 2 * len(big_train)])  # keep plain traces in the mix: no forgetting
+        model = sft(SFTStageConfig(model=r_rl["model"], data=mix, output=str(f / "model"), max_steps=plan.tool_steps,
+                                   learning_rate=2e-3, lr_scheduler_type="cosine", warmup_steps=20,
+                                   per_device_train_batch_size=32, max_length=256, save_steps=10_000,
+                                   logging_steps=25, seed=s))
+        return {"model": str(model), **_evals(str(model), d, f, tools=True)}
+    r_tools = _step(out, "5-hint-engineer-sft-tools", s_tools)
+    stages.append(("hint-engineer + sft, eval --tools", r_tools))
+
+    report = {"seed": c.seed, "quick": c.quick, "stages": [{"stage": n, **r} for n, r in stages]}
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    write_report(out, report)
+    return report
+
+
+# ---------------------------------------------------------------------------------------------
+# report
+
+
+def table_markdown(report: dict[str, Any]) -> str:
+    levels = sorted({lv for st in report["stages"] for lv in st["heldout"]["by_level"]})
+    head = ["stage", "held-out acc", *[f"L{lv}" for lv in levels], "mean len", "tool calls", "big acc",
+            "big acc, no tools"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    pct = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
+    for st in report["stages"]:
+        h, b = st["heldout"], st["big"]
+        nb = st.get("big_no_tools", b)
+        lines.append("| " + " | ".join([st["stage"], pct(h["accuracy"]), *[pct(h["by_level"].get(lv)) for lv in levels],
+                                        f"{h['mean_length']:.0f}", f"{h['tool_calls']:.2f}", pct(b["accuracy"]),
+                                        pct(nb["accuracy"])]) + " |")
+    return "\n".join(lines)
+
+
+def verdicts(report: dict[str, Any]) -> list[str]:
+    """What the numbers show, stated plainly, including effects that did not show."""
+    st = {s["stage"]: s for s in report["stages"]}
+    names = [s["stage"] for s in report["stages"]]
+    acc = lambda n: st[n]["heldout"]["accuracy"]  # noqa: E731
+    n_test = report.get("heldout_size")
+    out = []
+    for prev, cur in zip(names, names[1:]):
+        delta = acc(cur) - acc(prev)
+        word = "raised" if delta > 0.02 else "lowered" if delta < -0.02 else "did not change (within ±2 points)"
+        out.append(f"- {cur}: held-out accuracy {100 * acc(prev):.1f} -> {100 * acc(cur):.1f}, {word}"
+                   + (f" ({n_test} problems)" if n_test else "") + ".")
+    last = st[names[-1]]
+    if "big_no_tools" in last:
+        w, wo = last["big"]["accuracy"], last["big_no_tools"]["accuracy"]
+        out.append(f"- tools on big problems: {100 * wo:.1f} without the sandbox -> {100 * w:.1f} with it"
+                   + (" (tools help)." if w > wo + 0.02 else " (no gain shown)."))
+    return out
+
+
+def write_report(out: Path, report: dict[str, Any]) -> None:
+    md = ["# still demo report", "", f"seed {report['seed']}, {'quick' if report['quick'] else 'default'} settings; "
+          "greedy accuracy on held-out problems (levels = number of operations) and on 3-digit 'big' problems.",
+          "", table_markdown(report), "", "What it shows:", "", *verdicts(report), ""]
+    (out / "report.md").write_text("\n".join(md))
+    _plots(out, report)
+
+
+def _plots(out: Path, report: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [s["stage"] for s in report["stages"]]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.bar(range(len(names)), [100 * s["heldout"]["accuracy"] for s in report["stages"]], label="held-out")
+    ax.plot(range(len(names)), [100 * s["big"]["accuracy"] for s in report["stages"]], "o-", color="C1",
+            label="big problems")
+    ax.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel("accuracy %")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "accuracy.png", dpi=100)
+    plt.close(fig)
+    metrics = sorted(out.glob("*/rl/metrics.jsonl"))
+    if metrics:
+        rows = [json.loads(x) for x in metrics[0].read_text().splitlines() if x.strip()]
+        rows = [r for r in rows if "reward" in r]
+        fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
+        for ax, key, title in zip(axes, ["reward", "accuracy", "completions/mean_length"],
+                                  ["reward", "accuracy", "response length"]):
+            ax.plot([r["global_step"] for r in rows], [r.get(key) for r in rows])
+            ax.set_title(title)
+            ax.set_xlabel("RL step")
+        fig.tight_layout()
+        fig.savefig(out / "rl.png", dpi=100)
+        plt.close(fig)
+
+
+def report_main(run_dir: str) -> str:
+    """`still report RUN_DIR`: the table and plots for a demo run folder, or a summary of any run folder."""
+    out = Path(run_dir)
+    if (out / "report.json").exists():
+        report = json.loads((out / "report.json").read_text())
+        write_report(out, report)
+        return (out / "report.md").read_text()
+    return summarize_run(out)
+
+
+def summarize_run(out: Path) -> str:
+    """A run folder of a single stage: eval results, sft/rl metrics (with an rl.png of the curves)."""
+    from .errors import DataError
+
+    lines = [f"# {out}", ""]
+    if (out / "results.json").exists():
+        for bench, r in json.loads((out / "results.json").read_text()).items():
+            lines.append(f"- {bench}: pass@1 {100 * r['pass@1']:.1f} over {r['problems']} problems, "
+                         f"mean length {r['mean_length']:.0f}" + (f", tool calls {r['tool_calls']:.2f}"
+                                                                  if "tool_calls" in r else ""))
+    if (out / "metrics.jsonl").exists():
+        rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
+        steps = [r for r in rows if "loss" in r or "reward" in r]
+        if steps:
+            first, last = steps[0], steps[-1]
+            for key in ("loss", "reward", "accuracy", "completions/mean_length"):
+                if key in first and key in last:
+                    lines.append(f"- {key}: {first[key]:.4g} (step {first.get('step')}) -> {last[key]:.4g} "
+                                 f"(step {last.get('step')})")
+        if any("reward" in r for r in rows):
+            _plots_rl(out, [r for r in rows if "reward" in r])
+            lines.append(f"- curves: {out / 'rl.png'}")
+    if len(lines) == 2:
+        raise DataError(f"{out} holds no report.json, results.json or metrics.jsonl; give a demo, eval, sft or rl "
+                        f"run folder")
+    text = "\n".join(lines) + "\n"
+    (out / "report.md").write_text(text)
+    return text
+
+
+def _plots_rl(out: Path, rows: list[dict[str, Any]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
+    for ax, key in zip(axes, ["reward", "accuracy", "completions/mean_length"]):
+        ax.plot([r.get("global_step", r.get("step")) for r in rows], [r.get(key) for r in rows])
+        ax.set_title(key)
+    fig.tight_layout()
+    fig.savefig(out / "rl.png", dpi=100)
+    plt.close(fig)
+
+
+def main(c: DemoConfig) -> None:
+    from rich.console import Console
+
+    report = run(c)
+    report["heldout_size"] = PLANS[c.quick].test
+    Console(width=200).print(table_markdown(report), markup=False)
+    print()
+    print("\n".join(verdicts(report)))
+    print(f"\nreport: {Path(c.output) / 'report.md'} (plots: accuracy.png, rl.png)")
