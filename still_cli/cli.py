@@ -13,7 +13,6 @@ import os
 import re
 import sys
 import types
-import typing
 from typing import Any, Literal, Optional, Union, get_args, get_origin
 
 import typer

@@ -46,7 +46,7 @@ import tempfile
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 NOBODY = 65534
@@ -88,13 +88,6 @@ class Result:
 
 def _libc():
     return ctypes.CDLL(None, use_errno=True)
-
-
-def _try(fn, *args) -> bool:
-    try:
-        return fn(*args) == 0
-    except Exception:
-        return False
 
 
 def _mounts_readonly(libc) -> None:
@@ -191,8 +184,8 @@ def _setup(conn: Any, limits: Limits, cgroup: str | None, scratch_host: str) -> 
         os.makedirs(scratch, exist_ok=True)
     else:
         scratch = scratch_host
-        _block_sockets() if not namespaced else None
-        if not namespaced:
+        if not namespaced:  # no network namespace: the weak, Python-level block is all there is
+            _block_sockets()
             active.append("python-socket-block")
     drop = os.geteuid() == 0 and limits.isolation == "full"
     if drop:

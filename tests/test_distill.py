@@ -2,7 +2,6 @@
 never written, kill -9 + resume with exact row sets, `-o -` into `still sft --data -`."""
 
 import json
-import os
 import signal
 import subprocess
 import sys

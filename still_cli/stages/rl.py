@@ -301,10 +301,11 @@ def _stage_problems(c: RLConfig, stage: dict[str, Any], problems: list[dict[str,
 
     if table is None:
         return problems
-    chosen, counts = [], {name: 0 for name in c.levels}
+    chosen, counts, missing = [], {name: 0 for name in c.levels}, 0
     for p in problems:
         row = table.get(p["id"])
         if row is None:
+            missing += 1
             continue
         lv = level_of(row["pass_rate"], c.levels)
         if lv is not None:
@@ -312,6 +313,9 @@ def _stage_problems(c: RLConfig, stage: dict[str, Any], problems: list[dict[str,
         if (not stage.get("levels") or lv in stage["levels"]) and informative(
                 row["pass_rate"], c.drop_always_solved, c.drop_never_solved):
             chosen.append(p)
+    if missing:
+        log.warning("%d of %d problems are not in the difficulty table; stage %r leaves them out", missing,
+                    len(problems), stage["name"])
     if not chosen:
         raise DataError(f"stage {stage['name']!r} (levels {stage.get('levels')}) has no problem with a learning "
                         f"signal; problems per level: {counts}. Widen the level bounds or use other data")
@@ -324,12 +328,12 @@ def _stage_problems(c: RLConfig, stage: dict[str, Any], problems: list[dict[str,
 
 def run(c: RLConfig) -> Path:
     import torch
-    from ..runtime import process_state
     from transformers import AutoModelForCausalLM
 
     from ..config import write_resolved
     from ..data import read_problems
-    from ..errors import ConfigError
+    from ..errors import ConfigError, DataError
+    from ..runtime import process_state
     from ..sampling import load_tokenizer
 
     out = Path(c.output)
@@ -354,8 +358,6 @@ def run(c: RLConfig) -> Path:
     need = gen // c.num_generations * dist.num_processes  # distinct prompts one generation round takes
     for s, chosen in zip(stages, per_stage):
         if len(chosen) < need:
-            from ..errors import DataError
-
             raise DataError(f"stage {s['name']!r} has {len(chosen)} problem(s), fewer than the {need} prompts one "
                             f"step samples; widen its levels, add data, or lower per_device_train_batch_size")
     cuda = torch.cuda.is_available()
