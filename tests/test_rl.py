@@ -55,6 +55,10 @@ def test_rl_changes_weights_with_rewards_that_vary(sft_model, tmp_path):
         assert key in rows[0], key
     state = json.loads((out / "curriculum.json").read_text())
     assert state["finished"][0]["end"] == "max_steps" and state["global_step"] == 4
+    rep = run_cli("report", str(out))  # `still report` on an rl folder: first -> last values and curves
+    assert rep.returncode == 0 and "- reward:" in rep.stdout and (out / "rl.png").exists()
+    bad = run_cli("report", str(tmp_path))
+    assert bad.returncode == 1 and "holds no report.json" in bad.stderr
 
 
 def _rl_cmd(model: Path, out: Path, table: Path) -> list[str]:
