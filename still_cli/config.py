@@ -182,6 +182,20 @@ def write_resolved(config: Any, folder: str | Path, name: str = RESOLVED_CONFIG_
     return p
 
 
+def refuse_changed_settings(config: Any, resolved: str | Path, output: str | Path, keys: tuple[str, ...],
+                            holds: str, fix: str) -> None:
+    """Before appending to `output`, compare the config it was written with (`resolved`, a file from
+    write_resolved) with this run's: a key in `keys` (settings that change what a row is) that differs
+    would mix rows of two runs, so it is refused: "<holds> with k = old, this run has new; <fix>"."""
+    resolved, output = Path(resolved), Path(output)
+    if not resolved.exists() or not output.exists():
+        return
+    old = yaml.safe_load(resolved.read_text()) or {}
+    for k in keys:
+        if k in old and old[k] != getattr(config, k):
+            raise ConfigError(f"{holds} with {k} = {old[k]!r}, this run has {getattr(config, k)!r}; {fix}")
+
+
 def require(cond: bool, message: str) -> None:
     """`__post_init__` helper: raise a ConfigError naming the rule, the value and the fix."""
     if not cond:

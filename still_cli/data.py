@@ -287,6 +287,12 @@ class StdoutWriter:
         pass
 
 
+def sidecar(output: str | Path, suffix: str) -> Path:
+    """A file kept beside an output file: distilled.jsonl -> distilled{suffix} (e.g. .progress.jsonl)."""
+    p = Path(output)
+    return p.with_name((p.name[: -len(p.suffix)] if p.suffix else p.name) + suffix)
+
+
 def rewrite_rows(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
     """Replace a JSONL file atomically (write a temp file, fsync, rename): readers see old or new, never half."""
     path = Path(path)

@@ -57,7 +57,7 @@ def estimate(sampler: Any, problems: list[dict[str, Any]], *, n: int, max_tokens
              top_p: float, template: str, system_prompt: str | None, prefill_think: bool, seed: int,
              model_name: str, batch_size: int = 32, timeout: float = 5.0) -> Iterable[dict[str, Any]]:
     """Sample `n` completions per problem and yield one difficulty row per problem, as they finish."""
-    from .grading import extract_answer, match_batch
+    from .grading import grade_batch
     from .sampling import SamplingParams, render_prompt
 
     params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
@@ -69,6 +69,6 @@ def estimate(sampler: Any, problems: list[dict[str, Any]], *, n: int, max_tokens
         params.seed = seed + start
         outs = sampler.generate(prompts, params)  # (len(chunk), n)
         for p, cs in zip(chunk, outs):
-            preds = [extract_answer(c.text, c.truncated) for c in cs]
-            ok = match_batch([p["answer"]] * len(cs), preds, timeout=timeout)
+            ok = grade_batch([c.text for c in cs], [p["answer"]] * len(cs), truncated=[c.truncated for c in cs],
+                             timeout=timeout)
             yield pass_rate_row(p["id"], ok, [c.num_tokens for c in cs], model_name)

@@ -30,7 +30,7 @@ from __future__ import annotations
 import re
 from typing import Any, Callable
 
-from .grading import DEFAULT_TIMEOUT, extract_answer, match_batch
+from .grading import DEFAULT_TIMEOUT, extract_answer, grade_batch, match_batch
 
 _THINK_OPEN, _THINK_CLOSE = "<think>", "</think>"
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
@@ -44,8 +44,8 @@ def _flags(kw: dict[str, Any], name: str, n: int) -> list[Any]:
 def accuracy(completions: list[str], answer: list[str], *, timeout: float = DEFAULT_TIMEOUT, **kw: Any) -> list[float]:
     """1.0 when the extracted final answer equals the gold answer (grading module), else 0.0."""
     truncated = [bool(t) for t in _flags(kw, "truncated", len(completions))]
-    preds = [extract_answer(c, t) for c, t in zip(completions, truncated, strict=True)]
-    return [1.0 if ok else 0.0 for ok in match_batch([str(a) for a in answer], preds, timeout=timeout)]
+    return [1.0 if ok else 0.0 for ok in grade_batch(completions, [str(a) for a in answer], truncated=truncated,
+                                                     timeout=timeout)]
 
 
 def signed(completions: list[str], answer: list[str], *, timeout: float = DEFAULT_TIMEOUT, **kw: Any) -> list[float]:

@@ -81,25 +81,12 @@ _SAMPLE_KEYS = ("teacher", "backend", "n", "temperature", "top_p", "max_tokens",
                 "max_response_tokens")
 
 
-def sidecar(output: str, suffix: str) -> Path:
-    """distilled.jsonl -> distilled{suffix} beside it."""
-    p = Path(output)
-    return p.with_name((p.name[: -len(p.suffix)] if p.suffix else p.name) + suffix)
-
-
 def _check_same_settings(c: DistillConfig) -> None:
-    import yaml
+    from ..config import refuse_changed_settings
+    from ..data import sidecar
 
-    from ..errors import ConfigError
-
-    cfg = sidecar(c.output, ".config.yaml")
-    if not cfg.exists() or not Path(c.output).exists():
-        return
-    old = yaml.safe_load(cfg.read_text()) or {}
-    for k in _SAMPLE_KEYS:
-        if k in old and old[k] != getattr(c, k):
-            raise ConfigError(f"{c.output} was written with {k} = {old[k]!r}, this run has {getattr(c, k)!r}; "
-                              f"resuming would mix rows: use a new -o, or delete {c.output} and its sidecars")
+    refuse_changed_settings(c, sidecar(c.output, ".config.yaml"), c.output, _SAMPLE_KEYS, f"{c.output} was written",
+                            f"resuming would mix rows: use a new -o, or delete {c.output} and its sidecars")
 
 
 def _reconcile(out_path: Path, ledger: Any) -> set[str]:
@@ -165,10 +152,10 @@ def run(c: DistillConfig) -> dict[str, Any]:
     from rich.progress import Progress
 
     from ..config import write_resolved
-    from ..data import JsonlAppender, StdoutWriter, read_problems
+    from ..data import JsonlAppender, StdoutWriter, read_problems, sidecar
     from ..decontam import filter_problems
     from ..errors import DataError
-    from ..grading import extract_answer, match_batch
+    from ..grading import grade_batch
     from ..sampling import SamplingParams, build_prompt, sampler_from_config
     from ..tir import stage_rollouts
 
@@ -204,8 +191,8 @@ def run(c: DistillConfig) -> dict[str, Any]:
             seeds = [c.seed + position[p["id"]] * c.n for p in todo]  # tied to the problem, not the run
             for i, comps in stage_rollouts(c, sampler, prompts, params, seeds):
                 p = todo[i]
-                preds = [extract_answer(x.text, x.truncated) for x in comps]
-                verdicts = match_batch([p["answer"]] * len(comps), preds, timeout=c.grade_timeout)
+                verdicts = grade_batch([x.text for x in comps], [p["answer"]] * len(comps),
+                                       truncated=[x.truncated for x in comps], timeout=c.grade_timeout)
                 rows = _rows_for(c, p, comps, verdicts)
                 out.write_many(rows)  # rows first, then the ledger line: see _reconcile
                 if ledger is not None:

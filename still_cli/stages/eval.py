@@ -86,18 +86,10 @@ _SAMPLE_KEYS = ("model", "n", "temperature", "top_p", "max_tokens", "seed", "pro
 
 
 def _check_resume(config: EvalConfig, out: Path) -> None:
-    import yaml
+    from ..config import refuse_changed_settings
 
-    old_path = out / "config.yaml"
-    if not old_path.exists() or not (out / "samples.jsonl").exists():
-        return
-    old = yaml.safe_load(old_path.read_text()) or {}
-    for k in _SAMPLE_KEYS:
-        if k in old and old[k] != getattr(config, k):
-            from ..errors import ConfigError
-
-            raise ConfigError(f"{out} holds a run with {k} = {old[k]!r}, this run has {getattr(config, k)!r}; "
-                              f"resuming would mix samples: use a new --output or remove {out}/samples.jsonl")
+    refuse_changed_settings(config, out / "config.yaml", out / "samples.jsonl", _SAMPLE_KEYS, f"{out} holds a run",
+                            f"resuming would mix samples: use a new --output or remove {out}/samples.jsonl")
 
 
 def _sample_row(bench: str, prob: dict[str, Any], idx: int, text: str, num_tokens: int, truncated: bool,

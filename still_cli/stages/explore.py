@@ -77,17 +77,10 @@ _SAMPLE_KEYS = ("model", "backend", "n", "temperature", "top_p", "max_tokens", "
 
 
 def _check_resume(c: ExploreConfig, out: Path) -> None:
-    import yaml
+    from ..config import refuse_changed_settings
 
-    from ..errors import ConfigError
-
-    if not (out / "config.yaml").exists() or not (out / "samples.jsonl").exists():
-        return
-    old = yaml.safe_load((out / "config.yaml").read_text()) or {}
-    for k in _SAMPLE_KEYS:
-        if k in old and old[k] != getattr(c, k):
-            raise ConfigError(f"{out} holds rollouts with {k} = {old[k]!r}, this run has {getattr(c, k)!r}; "
-                              f"resuming would mix them: use a new -o, or remove {out}/samples.jsonl")
+    refuse_changed_settings(c, out / "config.yaml", out / "samples.jsonl", _SAMPLE_KEYS, f"{out} holds rollouts",
+                            f"resuming would mix them: use a new -o, or remove {out}/samples.jsonl")
 
 
 def _previous(c: ExploreConfig) -> tuple[list[dict[str, Any]], int]:

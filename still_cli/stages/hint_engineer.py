@@ -129,8 +129,8 @@ def run(c: HintEngineerConfig) -> dict[str, Any]:
     import contextlib
 
     from ..config import write_resolved
-    from ..data import JsonlAppender, StdoutWriter, read_rows
-    from ..grading import extract_answer, match_batch
+    from ..data import JsonlAppender, StdoutWriter, read_rows, sidecar
+    from ..grading import grade_batch
     from ..hints import hinted_prefix
     from ..sampling import SamplingParams, sampler_from_config
     from ..tir import TIRSettings, generate
@@ -147,10 +147,8 @@ def run(c: HintEngineerConfig) -> dict[str, Any]:
         if c.output == "-":
             out, ledger, done = StdoutWriter(), None, set()
         else:
-            p = Path(c.output)
-            stem = p.name[: -len(p.suffix)] if p.suffix else p.name
-            write_resolved(c, p.parent, stem + ".config.yaml")
-            ledger = stack.enter_context(JsonlAppender(p.with_name(stem + ".progress.jsonl")))
+            write_resolved(c, Path(c.output).parent, sidecar(c.output, ".config.yaml").name)
+            ledger = stack.enter_context(JsonlAppender(sidecar(c.output, ".progress.jsonl")))
             done = {r["id"] for r in ledger.existing}
             out = stack.enter_context(JsonlAppender(c.output))
             have = {r["source_id"] for r in out.existing}
@@ -168,8 +166,8 @@ def run(c: HintEngineerConfig) -> dict[str, Any]:
                 prompt = _render(sampler, row["prompt"])
                 outs = generate(sampler, [prompt] * len(hints), params, settings, prefixes=prefixes)
                 for (kind, h), comps in zip(hints, outs):
-                    preds = [extract_answer(x.text, x.truncated) for x in comps]
-                    ok = match_batch([row["answer"]] * len(comps), preds, timeout=c.grade_timeout)
+                    ok = grade_batch([x.text for x in comps], [row["answer"]] * len(comps),
+                                     truncated=[x.truncated for x in comps], timeout=c.grade_timeout)
                     stats.update(hinted=1, samples=len(comps), correct=sum(ok))
                     good = [{"sample_idx": j, "response": x.text, "num_tokens": x.num_tokens, "calls": x.tool_calls}
                             for j, (x, v) in enumerate(zip(comps, ok)) if v and x.tool_calls]
