@@ -3,8 +3,8 @@
     python benchmarks/sandbox.py [--calls 200] [--threads 2]
 
 Workloads, each driven by `--threads` callers at once:
-  * one-shot `print(1)` and one-shot sympy + numpy: `run_python` (a fresh sandboxed session per call,
-    forked from the warm zygote, every protection this machine allows) vs `python -c`;
+  * one-shot `print(1)` and one-shot sympy + numpy: `run_python` (a fresh session process per call,
+    forked from a warm, already-isolated worker; every protection this machine allows) vs `python -c`;
   * TIR session: 5 cells per rollout that build on each other, as a model's code calls do. still runs
     them in one `Session`; the naive executor re-runs all earlier cells in a fresh `python -c` per call
     (how a stateless executor keeps state).

@@ -1,28 +1,39 @@
 """Run model-written Python safely: one-shot `run_python(code)` and per-rollout `Session`s.
 
 How (all OS mechanisms; each used when the machine allows it, and `protections()` says which are on):
-  * Warm start: a multiprocessing *forkserver* preloaded with numpy and sympy. Every session is a fresh
-    fork of it, so imports are already done and nothing a snippet did survives into the next session
-    (reset = throw the process away). `run_python` takes pre-forked, already-sandboxed sessions from a
-    small pool (sized to the cores) that a background thread keeps full.
-  * Namespaces (Linux, root or unprivileged user namespaces): a new PID namespace whose init is the
-    session process — when it dies the kernel kills every process the snippet started (no orphans, no
-    escaped grandchildren); a new network namespace with no interfaces (no network at all); a new
-    mount namespace where every mount is read-only and /tmp, /dev/shm and the scratch folder are a
-    private, size-capped tmpfs that vanishes with the session.
+  * Warm start: a zygote process preloaded with numpy and sympy forks *workers*. A worker is isolated
+    once (namespaces, cgroup, mounts below); its keeper then forks one fresh session process per
+    session and, when the session ends, kills everything it started and mounts empty tmpfs again.
+    Reset = a new fork, so nothing a snippet changed in its interpreter (builtins, modules, files)
+    survives into the next session. Idle workers wait in a pool (pre-warmed to the cores) and are
+    reused; the keeper's reset runs while the caller goes on.
+  * Namespaces (Linux, root or unprivileged user namespaces): per worker a PID namespace whose init is
+    the keeper (after a session, kill(-1) from init reaches every process the snippet started, and all
+    orphans are re-parented to it: none escape), a network namespace with no interfaces (no network at
+    all), a mount namespace where every mount is read-only and /tmp, /dev/shm and the scratch folder are
+    private, size-capped tmpfs; per session an IPC namespace (SysV / POSIX IPC objects die with it).
   * cgroup v1 `pids` and `memory` (when writable): caps on processes + threads and on memory for the
-    whole session tree.
+    whole session tree; the keeper is exempt from the OOM killer (oom_score_adj -1000).
   * rlimits (always): CPU seconds per call, address space, file size, open files, processes, no core dumps.
   * Privileges: when started as root, the snippet runs as `nobody` (uid 65534): it cannot read root's
-    files (~/.ssh), signal the host or the forkserver, or write where `nobody` may not.
-  * Environment: scrubbed to PATH / HOME / TMPDIR / LANG (no API keys or tokens); stdin is /dev/null;
-    stdout/stderr go to a file in the scratch tmpfs, read back bounded (head and tail kept), decoded with
-    replacement, so binary garbage or a flood cannot hurt the caller.
-  * Wall clock: the caller kills the session's whole tree on timeout and starts a fresh one, replaying
-    the earlier successful cells so the rollout's state persists (as CoRT's executor does).
+    files (~/.ssh), signal or ptrace the keeper (root, not dumpable) or the host, or write where
+    `nobody` may not.
+  * Channels: JSON messages over SOCK_SEQPACKET sockets, one datagram each. A snippet can write into
+    its own session's socket, so nothing read from it is ever unpickled: the worst it can forge is its
+    own result, and garbage ends its session with an error.
+  * Environment: scrubbed to PATH / HOME / TMPDIR / LANG (no API keys or tokens); stdin, stdout and
+    stderr are /dev/null (no copy of the host's stdout is reachable); a cell's output goes to a file in
+    the scratch tmpfs, read back bounded (head and tail kept), decoded with replacement, so binary
+    garbage or a flood cannot hurt the caller.
+  * Wall clock: on timeout the keeper kills the session's whole tree and the next cell starts a fresh
+    session, replaying the earlier successful cells so the rollout's state persists (as CoRT's executor
+    does).
 
+Not isolated between sessions even with every mechanism on: the kernel keyrings of uid `nobody`
+(`keyctl`), and CPU caches / timing (side channels).
 Fallback where namespaces / cgroups / root are missing (a laptop user): rlimits, a new process group
-killed as a whole, a private scratch folder removed afterwards, a Python-level socket block. That still
+killed as a whole, a private scratch folder emptied after each session and removed with its
+worker, a Python-level socket block. That still
 stops loops, floods, memory bombs and crashes, but NOT: network access by means other than `socket`,
 writes anywhere the user may write, grandchildren that leave the process group (setsid + double fork),
 or reading the user's files. It never protects against kernel exploits or CPU side channels, and a
@@ -36,11 +47,13 @@ import atexit
 import contextlib
 import ctypes
 import io
+import json
 import os
 import queue
 import resource
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -51,9 +64,11 @@ from typing import Any
 
 NOBODY = 65534
 CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWNET, CLONE_NEWUSER = 0x00020000, 0x20000000, 0x40000000, 0x10000000
+CLONE_NEWIPC = 0x08000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 32, 4096, 16384, 1 << 18
-PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER = 1, 36
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER = 1, 4, 36
 SCRATCH = "/tmp/sandbox"
+MAX_MESSAGE = 256 * 1024  # bytes per message on the sandbox sockets (code in, result out)
 
 
 @dataclass
@@ -64,6 +79,13 @@ class Limits:
     max_output: int = 4000          # characters of output kept (head and tail)
     disk_mb: int = 64               # scratch tmpfs size / largest file
     isolation: str = "full"         # full: every mechanism the machine allows; basic: rlimits + process group only
+
+    def __post_init__(self):
+        if not 0 < self.max_output <= 20_000:
+            raise ValueError(f"sandbox max_output must be 1..20000 characters, got {self.max_output}; "
+                             "keep what a model is shown short (CoRT shows 800)")
+        if self.isolation not in ("full", "basic"):
+            raise ValueError(f"sandbox isolation must be 'full' or 'basic', got {self.isolation!r}")
 
 
 @dataclass
@@ -83,7 +105,7 @@ class Result:
 
 
 # ---------------------------------------------------------------------------------------------
-# child side: runs inside the forked session process
+# worker side: the keeper and its session processes
 
 
 def _libc():
@@ -130,7 +152,6 @@ def _tmpfs(libc, path: str, size_mb: int) -> bool:
 
 
 def _block_sockets() -> None:
-    import socket
 
     def refuse(*a, **k):
         raise OSError("network access is disabled in the sandbox")
@@ -139,33 +160,60 @@ def _block_sockets() -> None:
     socket.create_connection = refuse  # type: ignore[assignment]
 
 
-def _setup(conn: Any, limits: Limits, cgroup: str | None, scratch_host: str) -> tuple[str, list[str]]:
-    """Isolate this (forked) process; returns (scratch dir, active protections)."""
+def _send(sock: Any, obj: dict[str, Any], fds: list[int] | None = None) -> None:
+    """One JSON message per SOCK_SEQPACKET datagram. JSON, never pickle: a snippet can write into the
+    socket its session uses, and what it writes must not be able to run code in the keeper or the host.
+    (json and socket are imported at module level: a snippet's `sys.modules['json'] = None` must not
+    break its own session's channel.)"""
+    data = _dumps(obj).encode()
+    if fds:
+        socket.send_fds(sock, [data], fds)
+    else:
+        sock.sendall(data)
+
+
+def _recv(sock: Any, fds: bool = False) -> tuple[dict[str, Any] | None, list[int]]:
+    """(message or None at EOF, passed fds). Raises ValueError on anything that is not our JSON."""
+    if fds:
+        data, got, _, _ = socket.recv_fds(sock, MAX_MESSAGE, 1)
+    else:
+        data, got = sock.recv(MAX_MESSAGE), []
+    if not data:
+        return None, got
+    msg = _loads(data)
+    if not isinstance(msg, dict):
+        raise ValueError("not a message")  # noqa: TRY004 - garbage on the socket, treated like bad JSON
+    return msg, got
+
+
+_dumps, _loads = json.dumps, json.loads
+
+
+def _keeper_setup(ctl: Any, limits: Limits, cgroup: str | None) -> tuple[str, list[str], bool]:
+    """Isolate this worker process once (it then hosts many sessions, one at a time).
+    Returns (scratch dir, active protections, namespaced)."""
     active = []
     libc = _libc()
     os.setsid()
     if cgroup:
-        for ctl in ("pids", "memory"):
+        for controller in ("pids", "memory"):
             with contextlib.suppress(OSError):
-                with open(f"/sys/fs/cgroup/{ctl}/{cgroup}/cgroup.procs", "w") as f:
+                with open(f"/sys/fs/cgroup/{controller}/{cgroup}/cgroup.procs", "w") as f:
                     f.write(str(os.getpid()))
-                active.append(f"cgroup-{ctl}")
+                active.append(f"cgroup-{controller}")
     flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET
     if os.geteuid() != 0:
         flags |= CLONE_NEWUSER
     namespaced = limits.isolation == "full" and libc.unshare(flags) == 0
     if namespaced:
-        pid = os.fork()  # the child is pid 1 of the new PID namespace
+        pid = os.fork()  # the child is pid 1 of the new PID namespace: the keeper
         if pid:
             # this process only waits; whatever ends it ends the namespace (PDEATHSIG below)
-            _, status = os.waitpid(pid, 0)
-            code = os.waitstatus_to_exitcode(status)
-            code = code if code >= 0 else 128 - code  # killed by signal N -> 128 + N, as a shell reports
-            with contextlib.suppress(Exception):
-                conn.send({"exit": code})
-            os._exit(code & 0xFF)
+            ctl.close()
+            os.waitpid(pid, 0)
+            os._exit(0)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        active += ["pid-namespace", "net-namespace"]
+        active += ["pid-namespace", "net-namespace", "ipc-namespace"]  # IPC: one per session
         if os.geteuid() == 0:
             try:
                 # a /proc of this PID namespace: host processes are not even listed
@@ -174,47 +222,184 @@ def _setup(conn: Any, limits: Limits, cgroup: str | None, scratch_host: str) -> 
                 if _hide_home(libc):
                     active.append("home-hidden")
                 _mounts_readonly(libc)
-                ok = all(_tmpfs(libc, p, limits.disk_mb) for p in ("/tmp", "/dev/shm"))
-                if ok:
+                if _fresh_tmpfs(libc, limits):
                     active += ["read-only-fs", "private-tmpfs"]
             except Exception:
                 pass
     if "private-tmpfs" in active:
         scratch = SCRATCH
-        os.makedirs(scratch, exist_ok=True)
     else:
-        scratch = scratch_host
+        scratch = tempfile.mkdtemp(prefix="still-sandbox-")  # the host removes it with the worker
         if not namespaced:  # no network namespace: the weak, Python-level block is all there is
-            _block_sockets()
             active.append("python-socket-block")
-    drop = os.geteuid() == 0 and limits.isolation == "full"
-    if drop:
-        os.chown(scratch, NOBODY, NOBODY)
-    os.chdir(scratch)
-    # --- rlimits (CPU per call is set before each cell) -------------------------------------------
+    active.append("rlimits")
+    if os.geteuid() == 0 and limits.isolation == "full":
+        active.append("uid-nobody")
+    with contextlib.suppress(OSError):  # the keeper is root's: a session (uid nobody) cannot ptrace it
+        libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "w") as f:
+        f.write("-1000")  # a session's memory bomb gets the OOM kill, never the keeper
+    os.chdir("/")
+    return scratch, active, namespaced
+
+
+def _fresh_tmpfs(libc, limits: Limits) -> bool:
+    """(Re)mount empty, size-capped tmpfs on /tmp and /dev/shm; the scratch folder lives in /tmp."""
+    ok = True
+    for p in ("/tmp", "/dev/shm"):
+        libc.umount2(p.encode(), 2)  # MNT_DETACH; fails harmlessly the first time (not ours yet)
+        ok = _tmpfs(libc, p, limits.disk_mb) and ok
+    if ok:
+        os.makedirs(SCRATCH)
+        if os.geteuid() == 0 and limits.isolation == "full":
+            os.chown(SCRATCH, NOBODY, NOBODY)
+    return ok
+
+
+def _keeper_main(ctl: Any, limits: Limits, cgroup: str | None) -> None:
+    """A worker's keeper: isolated once, then forks one fresh session process per session request,
+    and after each session kills whatever the session left running and empties the scratch space.
+    Reset = a new fork, so nothing a snippet changed in its Python survives into the next session."""
+    try:
+        scratch, active, namespaced = _keeper_setup(ctl, limits, cgroup)
+    except Exception as e:  # report instead of dying silently
+        _send(ctl, {"ready": False, "error": f"SandboxError: sandbox setup failed: {e!r}"})
+        return
+    _send(ctl, {"ready": True, "protections": active, "scratch": None if scratch == SCRATCH else scratch})
+    libc = _libc()
+    while True:
+        try:
+            msg, fds = _recv(ctl, fds=True)
+        except (OSError, ValueError):
+            msg, fds = None, []
+        if msg is None:
+            return  # the host went away
+        if not fds:
+            continue  # a late "kill" for a session that had already ended
+        pid = os.fork()
+        if pid == 0:
+            ctl.close()
+            _session_main(fds[0], limits, scratch, namespaced)
+            os._exit(0)
+        os.close(fds[0])
+        host_gone = _wait_session(ctl, pid, namespaced)
+        _, status = os.waitpid(pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        code = code if code >= 0 else 128 - code  # killed by signal N -> 128 + N, as a shell reports
+        _kill_session(pid, namespaced, reap=True)  # whatever the session started and left behind
+        if host_gone:
+            return
+        # an empty scratch space for the next session
+        if scratch == SCRATCH:
+            _fresh_tmpfs(libc, limits)
+        else:
+            for entry in os.listdir(scratch):
+                p = os.path.join(scratch, entry)
+                shutil.rmtree(p, ignore_errors=True) if os.path.isdir(p) and not os.path.islink(p) else os.unlink(p)
+        _send(ctl, {"ended": code})
+
+
+def _wait_session(ctl: Any, pid: int, namespaced: bool) -> bool:
+    """Wait until the session process exits, killing its tree when the host asks (a timeout) or goes
+    away. Returns whether the host is gone."""
+    import select
+
+    host_gone = False
+    pidfd = os.pidfd_open(pid) if hasattr(os, "pidfd_open") else None
+    while True:
+        if pidfd is not None:
+            ready, _, _ = select.select([ctl, pidfd], [], [])
+            if pidfd in ready:
+                os.close(pidfd)
+                return host_gone
+        else:  # kernels before 5.3: poll
+            ready, _, _ = select.select([ctl], [], [], 0.01)
+            if not ready and os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                return host_gone
+            if not ready:
+                continue
+        try:
+            req, _ = _recv(ctl)
+        except (OSError, ValueError):
+            req = None
+        host_gone = host_gone or req is None
+        _kill_session(pid, namespaced, reap=False)
+
+
+def _kill_session(pid: int, namespaced: bool, reap: bool) -> None:
+    """SIGKILL a session process and everything it started (`reap`: and reap them all)."""
+    if namespaced:
+        # the keeper is pid 1 of this PID namespace: kill(-1) reaches every other process in it, and
+        # every orphan is re-parented to the keeper, so reaping until ECHILD leaves nothing behind
+        while True:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(-1, signal.SIGKILL)
+            if not reap:
+                return
+            try:
+                os.waitpid(-1, 0)
+            except ChildProcessError:
+                return
+    # basic isolation: the session's process group (grandchildren that left it are a documented gap)
+    for target in (lambda: os.killpg(pid, signal.SIGKILL), lambda: os.kill(pid, signal.SIGKILL)):
+        with contextlib.suppress(OSError):
+            target()
+    if reap:
+        with contextlib.suppress(ChildProcessError):
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass
+
+
+def _session_main(fd: int, limits: Limits, scratch: str, namespaced: bool) -> None:
+    """A session process (forked from the keeper): drop to the snippet's limits, then run cells."""
+    sock = socket.socket(fileno=fd)
+    libc = _libc()
+    if namespaced:
+        libc.unshare(CLONE_NEWIPC)  # SysV / POSIX IPC objects die with the session
+    else:
+        os.setsid()  # basic isolation: the process group is what gets killed
+        _block_sockets()
     vm = _vm_size()
     resource.setrlimit(resource.RLIMIT_AS, (vm + limits.memory_mb * 2**20,) * 2)
     resource.setrlimit(resource.RLIMIT_FSIZE, (limits.disk_mb * 2**20,) * 2)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
-    active.append("rlimits")
-    # --- privileges ---------------------------------------------------------------------------------
-    if drop:
+    if os.geteuid() == 0 and limits.isolation == "full":
         os.setgroups([])
         os.setgid(NOBODY)
         os.setuid(NOBODY)
-        active.append("uid-nobody")
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # after setuid, which clears it
     with contextlib.suppress(ValueError, OSError):  # counts per uid (ignored for root): after setuid
         resource.setrlimit(resource.RLIMIT_NPROC, (limits.max_processes,) * 2)
-    # --- environment ------------------------------------------------------------------------------
+    os.chdir(scratch)
     os.environ.clear()
     os.environ.update(PATH="/usr/local/bin:/usr/bin:/bin", HOME=scratch, TMPDIR=scratch, LANG="C.UTF-8")
     tempfile.tempdir = scratch
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)
+    # stdin closed; stdout / stderr (inherited from the host through the zygote) replaced, so no
+    # saved copy of the host's stdout is left for a snippet to write into
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for std in (0, 1, 2):
+        os.dup2(devnull, std)
+    os.close(devnull)
     sys.path[:] = [p for p in sys.path if p not in ("", ".", scratch) and not p.startswith(scratch)]
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an oversized write fails with EFBIG, not a kill
-    return scratch, active
+    ns: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__}
+    out_path = os.path.join(scratch, ".cell_output")
+    while True:
+        try:
+            msg, _ = _recv(sock)
+        except (OSError, ValueError):
+            break
+        if msg is None:
+            break
+        reply = _run_cell(str(msg.get("code", "")), ns, out_path, limits)
+        reply["output"], reply["truncated"] = (("", False) if msg.get("quiet")
+                                               else _read_bounded(out_path, limits.max_output))
+        try:
+            _send(sock, reply)
+        except OSError:
+            break
+    os._exit(0)
 
 
 _repr = repr
@@ -301,40 +486,13 @@ def _read_bounded(path: str, limit: int) -> tuple[str, bool]:
     return text[:half] + f"\n... [{len(text) - limit} characters cut] ...\n" + text[-half:], True
 
 
-def _session_main(conn: Any, limits: Limits, cgroup: str | None, scratch_host: str) -> None:
-    """Entry point of a session process (forked from the warm forkserver)."""
-    try:
-        scratch, active = _setup(conn, limits, cgroup, scratch_host)
-    except Exception as e:  # report instead of dying silently
-        conn.send({"ready": False, "error": f"sandbox setup failed: {e!r}"})
-        return
-    conn.send({"ready": True, "protections": active})
-    ns: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__}
-    out_path = os.path.join(scratch, ".cell_output")
-    while True:
-        try:
-            msg = conn.recv()
-        except (EOFError, OSError):
-            break
-        if msg is None:
-            break
-        code, quiet = msg
-        reply = _run_cell(code, ns, out_path, limits)
-        reply["output"], reply["truncated"] = ("", False) if quiet else _read_bounded(out_path, limits.max_output)
-        try:
-            conn.send(reply)
-        except (OSError, ValueError):
-            break
-    os._exit(0)
-
-
 # ---------------------------------------------------------------------------------------------
 # host side
 
 
-# The zygote: a warm process (numpy, sympy imported) that forks one process per session on request.
+# The zygote: a warm process (numpy, sympy imported) that forks one worker (keeper) per request.
 # Written here instead of using multiprocessing's forkserver, which re-imports the caller's __main__
-# in every child and pickles preparation data per start (measured: ~9 ms per session vs ~3 ms here).
+# in every child and pickles preparation data per start (measured: ~9 ms per start vs ~3 ms here).
 
 _KEEP_ENV = ("PATH", "LANG", "LC_ALL", "PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")
 
@@ -342,14 +500,15 @@ _KEEP_ENV = ("PATH", "LANG", "LC_ALL", "PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME"
 def _zygote_main(ctl_fd: int) -> None:
     """`python -m still_cli.sandbox --zygote FD`: serve spawn requests on the control socket FD."""
     import importlib
-    import json
-    import socket
 
-    for mod in ("numpy", "sympy", "multiprocessing.connection", "pickle", "linecache"):
+    for mod in ("numpy", "sympy", "linecache", "json", "select"):
         with contextlib.suppress(Exception):
             importlib.import_module(mod)
+    import gc
+
+    gc.freeze()  # the preloaded objects are never scanned by gc: a collection in a fork copies no page
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
-    # orphans of killed sessions are adopted here (and reaped at once), not by the machine's init
+    # orphans of killed workers are adopted here (and reaped at once), not by the machine's init
     _libc().prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     ctl = socket.socket(fileno=ctl_fd)
     ctl.sendall(b"ready\n")
@@ -366,28 +525,21 @@ def _zygote_main(ctl_fd: int) -> None:
             ctl.close()
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             try:
-                _session_entry(fds[0], Limits(**req["limits"]), req["cgroup"], req["scratch"])
+                _keeper_main(socket.socket(fileno=fds[0]), Limits(**req["limits"]), req["cgroup"])
             finally:
                 os._exit(0)
         os.close(fds[0])
         ctl.sendall(json.dumps({"pid": pid}).encode())
 
 
-def _session_entry(fd: int, limits: Limits, cgroup: str | None, scratch_host: str) -> None:
-    from multiprocessing.connection import Connection
-
-    _session_main(Connection(fd), limits, cgroup, scratch_host)
-
-
 class _Zygote:
     def __init__(self):
-        import socket
         import subprocess
 
         host, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         env = {k: v for k, v in os.environ.items() if k in _KEEP_ENV}  # no secrets in any session's environ
         self.proc = subprocess.Popen([sys.executable, "-m", "still_cli.sandbox", "--zygote", str(child.fileno())],
-                                     pass_fds=[child.fileno()], env=env, stdin=subprocess.DEVNULL,
+                                     pass_fds=[child.fileno()], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      cwd="/", start_new_session=True)
         child.close()
         self.ctl = host
@@ -399,12 +551,10 @@ class _Zygote:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def spawn(self, fd: int, limits: Limits, cgroup: str | None, scratch: str) -> int:
+    def spawn(self, fd: int, limits: Limits, cgroup: str | None) -> int:
         import dataclasses
-        import json
-        import socket
 
-        req = json.dumps({"limits": dataclasses.asdict(limits), "cgroup": cgroup, "scratch": scratch}).encode()
+        req = json.dumps({"limits": dataclasses.asdict(limits), "cgroup": cgroup}).encode()
         with self.lock:
             socket.send_fds(self.ctl, [req], [fd])
             return json.loads(self.ctl.recv(4096))["pid"]
@@ -492,7 +642,8 @@ def _cleanup_worker() -> None:
         cgroup, scratch = _cleanup_queue.get()
         try:
             _cgroup_kill_and_remove(cgroup)
-            shutil.rmtree(scratch, ignore_errors=True)
+            if scratch:
+                shutil.rmtree(scratch, ignore_errors=True)
         finally:
             _cleanup_queue.task_done()
 
@@ -501,129 +652,173 @@ threading.Thread(target=_cleanup_worker, daemon=True, name="still-sandbox-cleanu
 
 
 def _drain_cleanup() -> None:
-    """Wait until every killed session's cgroup and scratch folder are gone."""
+    """Wait until every destroyed worker's cgroup and scratch folder are gone."""
     _cleanup_queue.join()
 
 
-class _Proc:
-    """One sandboxed session process (not yet used, or in use by one Session)."""
+class _SessionDied(Exception):
+    pass
+
+
+class _Worker:
+    """One isolated keeper process (namespaces, cgroup and mounts set up once) that hosts one session
+    at a time, each a fresh fork of it. Host side of `_keeper_main`."""
 
     def __init__(self, limits: Limits):
-        import socket
-        from multiprocessing.connection import Connection
 
         self.limits = limits
         self.cgroup = _cgroup_create(limits)
-        self.scratch_host = tempfile.mkdtemp(prefix="still-sandbox-")
-        ours, theirs = socket.socketpair()
+        self.scratch: str | None = None
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            self.pid = _get_zygote().spawn(theirs.fileno(), limits, self.cgroup, self.scratch_host)
+            self.pid = _get_zygote().spawn(theirs.fileno(), limits, self.cgroup)
         except OSError:  # the zygote died (killed from outside): start a new one once
             global _zygote
             _zygote = None
-            self.pid = _get_zygote().spawn(theirs.fileno(), limits, self.cgroup, self.scratch_host)
+            self.pid = _get_zygote().spawn(theirs.fileno(), limits, self.cgroup)
         theirs.close()
-        self.conn = Connection(ours.detach())
+        self.ctl = ours
+        self.data: Any = None          # the current session's socket
+        self.ending = False            # a session was closed; its "ended" message is not read yet
         self.protections: list[str] = []
         self.error: str | None = None
-        if self.conn.poll(30):
-            try:
-                hello = self.conn.recv()
-                self.protections = hello.get("protections", [])
-                self.error = hello.get("error")
-            except (EOFError, OSError):
-                self.error = "sandbox process died during setup"
-        else:
-            self.error = "sandbox process did not start within 30 s"
+        self.ctl.settimeout(30)
+        try:
+            hello, _ = _recv(self.ctl)
+            if hello is None:
+                raise EOFError
+            self.protections, self.error = hello.get("protections", []), hello.get("error")
+            self.scratch = hello.get("scratch")
+        except (OSError, ValueError, EOFError):
+            self.error = "SandboxError: the sandbox worker died or did not start within 30 s"
+        self._oom_seen = self._oom_count()
+
+    # -- sessions --------------------------------------------------------------------------------
+    def open(self) -> None:
+        """Start a fresh session process (a fork of the keeper) and connect to it."""
+
+        self.settle()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            _send(self.ctl, {"session": True}, [theirs.fileno()])
+        finally:
+            theirs.close()
+        self.data = ours
 
     def call(self, code: str, timeout: float, quiet: bool = False) -> Result:
+        """Run one cell in the open session. A timeout kills the session's tree; a dead session
+        raises _SessionDied with the reason."""
         t = time.perf_counter()
-        if self.error:
-            return Result(error=self.error)
+        if len(code.encode()) > MAX_MESSAGE - 1024:
+            return Result(error=f"ValueError: the code is longer than {MAX_MESSAGE - 1024} bytes")
+        _send(self.data, {"code": code, "quiet": quiet})
+        self.data.settimeout(timeout)
         try:
-            self.conn.send((code, quiet))
-            if not self.conn.poll(timeout):
-                self.kill()
-                return Result(error=f"TimeoutError: timed out after {timeout:g} s", elapsed=time.perf_counter() - t)
-            reply = self.conn.recv()
-            if "exit" in reply:  # the session process ended; its waiter reports the exit code
-                raise EOFError(reply["exit"])
-        except (EOFError, OSError, BrokenPipeError) as e:
-            code_ = e.args[0] if isinstance(e, EOFError) and e.args and isinstance(e.args[0], int) else None
-            oom = self._oom_killed()
-            self.kill()
-            if oom:
-                return Result(error="MemoryError: memory limit exceeded (the sandbox was killed)",
-                              elapsed=time.perf_counter() - t)
+            reply, _ = _recv(self.data)
+        except TimeoutError:
+            self.end(kill=True)
+            return Result(error=f"TimeoutError: timed out after {timeout:g} s", elapsed=time.perf_counter() - t)
+        except (OSError, ValueError):  # not our JSON: the snippet wrote into the socket
+            self.end(kill=True)
+            raise _SessionDied("SandboxError: the session's channel was tampered with") from None
+        if reply is None:  # the session process ended
+            code_ = self.end(kill=False)
+            if self._oom_count() > self._oom_seen:
+                self._oom_seen = self._oom_count()
+                raise _SessionDied("MemoryError: memory limit exceeded (the sandbox was killed)")
             why = ("CPU time limit exceeded" if code_ == 128 + signal.SIGXCPU else
                    f"the Python process ended (exit code {code_})")
-            return Result(error=f"SandboxError: {why}", elapsed=time.perf_counter() - t)
-        return Result(output=reply["output"], error=reply["error"], truncated=reply["truncated"],
-                      elapsed=time.perf_counter() - t)
+            raise _SessionDied(f"SandboxError: {why}")
+        return Result(output=str(reply.get("output", "")), error=reply.get("error"),
+                      truncated=bool(reply.get("truncated")), elapsed=time.perf_counter() - t)
 
-    def _oom_killed(self) -> bool:
+    def end(self, kill: bool, wait: bool = True) -> int | None:
+        """End the open session (closing its socket lets it exit; `kill` kills its tree at once).
+        With `wait`, block until the keeper has cleaned up and return the session's exit code."""
+        if self.data is not None:
+            with contextlib.suppress(OSError):
+                if kill:
+                    _send(self.ctl, {"kill": True})
+            self.data.close()
+            self.data = None
+            self.ending = True
+        return self.settle() if wait else None
+
+    def settle(self) -> int | None:
+        """Read the keeper's "ended" message of the last session, if not read yet."""
+        if not self.ending:
+            return None
+        self.ending = False
+        try:
+            msg, _ = _recv(self.ctl)
+            if msg is None or "ended" not in msg:
+                raise ValueError("keeper gone")
+            return int(msg["ended"])
+        except (OSError, ValueError, TypeError):
+            self.error = "SandboxError: the sandbox worker died"
+            return None
+
+    @property
+    def usable(self) -> bool:
+        return self.error is None
+
+    def _oom_count(self) -> int:
         if not self.cgroup:
-            return False
+            return 0
         try:
             with open(f"/sys/fs/cgroup/memory/{self.cgroup}/memory.oom_control") as f:
-                return any(line.startswith("oom_kill ") and int(line.split()[1]) > 0 for line in f)
+                return sum(int(line.split()[1]) for line in f if line.startswith("oom_kill "))
         except (OSError, ValueError):
-            return False
+            return 0
 
-    def kill(self) -> None:
+    def destroy(self) -> None:
+        for close in (self.data, self.ctl):
+            with contextlib.suppress(Exception):
+                close.close()  # the keeper sees EOF and kills its session
         with contextlib.suppress(Exception):
-            os.killpg(self.pid, signal.SIGKILL)  # the session's process group (it called setsid)
-        with contextlib.suppress(Exception):
-            os.kill(self.pid, signal.SIGKILL)  # its PID-namespace init follows by PDEATHSIG
-        with contextlib.suppress(Exception):
-            self.conn.close()
+            os.killpg(self.pid, signal.SIGKILL)  # the worker's process group (it called setsid)
         # the rest (kill whatever is left in the cgroup, remove it and the scratch folder) is off the
         # caller's path; _drain_cleanup() waits for it
-        _cleanup_queue.put((self.cgroup, self.scratch_host))
-        self.cgroup = None
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.conn.send(None)
-        self.kill()
+        _cleanup_queue.put((self.cgroup, self.scratch))
+        self.cgroup = self.scratch = None
 
 
 class _Pool:
-    """Ready, already-sandboxed session processes, refilled in the background (sized to the cores)."""
+    """Idle workers for one set of limits: taken by a session, given back when it closes (the keeper
+    resets in the background), destroyed when broken or beyond `keep` idle ones. Pre-warmed with
+    `warm` workers built in a background thread."""
 
-    def __init__(self, limits: Limits, size: int):
-        self.limits, self.size = limits, size
-        self.ready: queue.Queue[_Proc] = queue.Queue()
-        self.want = threading.Semaphore(0)
+    def __init__(self, limits: Limits, warm: int, keep: int = 64):
+        self.limits, self.keep = limits, keep
+        self.idle: list[_Worker] = []
+        self.lock = threading.Lock()
         self.stopped = False
-        for _ in range(size):
-            self.want.release()
-        self.threads = [threading.Thread(target=self._fill, daemon=True) for _ in range(size)]
-        for t in self.threads:
-            t.start()
+        threading.Thread(target=lambda: [self.give(_Worker(limits)) for _ in range(warm)], daemon=True).start()
 
-    def _fill(self) -> None:
+    def take(self) -> _Worker:
         while True:
-            self.want.acquire()
-            if self.stopped:
-                return
-            proc = _Proc(self.limits)
-            if self.stopped:  # stop() ran while this one was being made
-                proc.kill()
-                return
-            self.ready.put(proc)
+            with self.lock:
+                w = self.idle.pop() if self.idle else None
+            if w is None:
+                return _Worker(self.limits)
+            w.settle()
+            if w.usable:
+                return w
+            w.destroy()
 
-    def take(self) -> _Proc:
-        p = self.ready.get()
-        self.want.release()
-        return p
+    def give(self, w: _Worker) -> None:
+        with self.lock:
+            if w.usable and not self.stopped and len(self.idle) < self.keep:
+                self.idle.append(w)
+                return
+        w.destroy()
 
     def stop(self) -> None:
-        self.stopped = True
-        for _ in self.threads:
-            self.want.release()
-        while not self.ready.empty():
-            self.ready.get_nowait().kill()
+        with self.lock:
+            self.stopped = True
+            idle, self.idle = self.idle, []
+        for w in idle:
+            w.destroy()
 
 
 _pools: dict[tuple, _Pool] = {}
@@ -634,12 +829,12 @@ def _pool_for(limits: Limits) -> _Pool:
     key = (limits.memory_mb, limits.max_processes, limits.max_output, limits.disk_mb, limits.isolation)
     with _pools_lock:
         if key not in _pools:
-            _pools[key] = _Pool(limits, size=max(1, os.cpu_count() or 1))
+            _pools[key] = _Pool(limits, warm=max(1, os.cpu_count() or 1))
         return _pools[key]
 
 
 def _stop_pools() -> None:
-    """Kill the pre-forked, unused sessions (e.g. before checking that nothing is left running)."""
+    """Destroy the idle workers (e.g. before checking that nothing is left running)."""
     with _pools_lock:
         for p in _pools.values():
             p.stop()
@@ -662,28 +857,36 @@ class Session:
 
     def __init__(self, limits: Limits | None = None):
         self.limits = limits or Limits()
-        self._proc: _Proc | None = None
+        self._worker: _Worker | None = None
+        self._open = False
         self.history: list[str] = []
         self.calls: list[dict[str, Any]] = []
 
-    def _ensure(self) -> _Proc:
-        if self._proc is None:
-            self._proc = _pool_for(self.limits).take()
+    def _ensure(self) -> _Worker:
+        if self._worker is None:
+            self._worker = _pool_for(self.limits).take()
+        if not self._open and self._worker.usable:
+            self._worker.open()
+            self._open = True
             for cell in self.history:  # restore state after a crash
-                self._proc.call(cell, self.limits.timeout, quiet=True)
-        return self._proc
+                self._worker.call(cell, self.limits.timeout, quiet=True)
+        return self._worker
 
     def run(self, code: str, timeout: float | None = None) -> Result:
         timeout = self.limits.timeout if timeout is None else timeout
+        t = time.perf_counter()
         try:
-            proc = self._ensure()
-            res = proc.call(code, timeout)
+            w = self._ensure()
+            res = w.call(code, timeout) if w.usable else Result(error=w.error)
+        except _SessionDied as e:
+            res = Result(error=str(e), elapsed=time.perf_counter() - t)
         except Exception as e:  # never raise into the rollout
             res = Result(error=f"SandboxError: {e!r}")
-        if res.error and (res.error.startswith(("TimeoutError: timed out", "SandboxError"))):
-            if self._proc is not None:
-                self._proc.kill()
-            self._proc = None
+        if res.error and res.error.startswith(("TimeoutError: timed out", "SandboxError", "MemoryError: memory limit exceeded (")):
+            self._open = False  # the session process is gone: the next cell starts a fresh one
+            if self._worker is not None and not self._worker.usable:
+                self._worker.destroy()
+                self._worker = None
         elif res.ok:
             self.history.append(code)
         self.calls.append({"code": code, "output": res.output, "error": res.error, "elapsed": res.elapsed})
@@ -694,9 +897,11 @@ class Session:
         return self._ensure().protections
 
     def close(self) -> None:
-        if self._proc is not None:
-            self._proc.close()
-            self._proc = None
+        if self._worker is not None:
+            if self._open:
+                self._worker.end(kill=False, wait=False)  # the keeper resets while the caller goes on
+            _pool_for(self.limits).give(self._worker)
+            self._worker, self._open = None, False
 
     def __enter__(self) -> Session:
         return self
@@ -706,7 +911,7 @@ class Session:
 
 
 def run_python(code: str, timeout: float = 5.0, limits: Limits | None = None) -> Result:
-    """Run one snippet in a fresh sandboxed process; never raises. See the module docstring."""
+    """Run one snippet in a fresh sandboxed session; never raises. See the module docstring."""
     lim = limits or Limits(timeout=timeout)
     lim.timeout = timeout
     with Session(lim) as s:

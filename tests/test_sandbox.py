@@ -3,6 +3,8 @@ process of the snippet survives, nothing was written outside, no secret reached 
 
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -175,8 +177,12 @@ def test_basic_isolation_still_contains_the_common_failures(tmp_path):
     assert "timed out" in run_python("while True: pass", timeout=1, limits=lim).error
     assert "MemoryError" in run_python("x = bytearray(10**11)", timeout=1, limits=Limits(timeout=1, isolation="basic")).error
     r = run_python("import os\nopen('f', 'w').write('x')\nos.getcwd()", limits=Limits(isolation="basic"))
-    sandbox._drain_cleanup()
-    assert r.ok and not Path(r.output.strip().strip("'")).exists()  # its scratch folder is removed
+    assert r.ok
+    # the next session (same worker: the pool reuses it) starts with its scratch folder emptied
+    assert run_python("import os\n(os.getcwd(), [f for f in os.listdir('.') if f != '.cell_output'])", limits=Limits(isolation="basic")).output == \
+        f"({r.output.strip()}, [])\n"
+    sandbox._stop_pools()
+    assert not Path(r.output.strip().strip("'")).exists()  # and removed with its worker
     r = run_python("import socket\nsocket.create_connection(('127.0.0.1', 9))", limits=Limits(isolation="basic"))
     assert "network access is disabled" in r.error
 
@@ -200,3 +206,47 @@ def test_memory_bomb_spread_over_processes_hits_the_session_cap():
     r = run_python(code, timeout=4)
     assert r.error, r
     assert psutil.virtual_memory().available > before - 2 * 2**30  # 3 GB asked; the session got <= ~1.3 GB
+
+
+def test_forged_messages_on_inherited_sockets_cannot_run_code_in_the_host(tmp_path):
+    """The snippet can write into every socket it holds; the host reads JSON only (a pickle here would
+    run `touch` in the host), so the worst it gets is an error for its own session."""
+    marker = tmp_path / "pwned"
+    code = ("import os, pickle, struct, stat\nclass P:\n    def __reduce__(self):\n"
+            f"        return (os.system, ('touch {marker}',))\n"
+            "blob = pickle.dumps(P())\nfor fd in range(3, 64):\n"
+            "    try:\n        if stat.S_ISSOCK(os.fstat(fd).st_mode):\n"
+            "            os.write(fd, struct.pack('!i', len(blob)) + blob)\n            os.write(fd, blob)\n"
+            "            os.write(fd, b'\\xff' * 100)\n    except OSError:\n        pass\nprint('done')")
+    with Session() as s:
+        r = s.run(code)
+        r2 = s.run("1 + 1")
+    assert not marker.exists()
+    assert r.error is None or "SandboxError" in r.error
+    assert r2.output == "2\n" or (r2.error and "SandboxError" in r2.error)
+    assert run_python("1 + 1").output == "2\n"
+
+
+def test_snippet_cannot_write_into_the_hosts_stdout():
+    """Every file descriptor but its own channel gets junk: only the snippet's own output shows it."""
+    code = ("import os, stat\nfor fd in range(0, 256):\n    try:\n"
+            "        if not stat.S_ISSOCK(os.fstat(fd).st_mode): os.write(fd, b'GARBAGE')\n"
+            "    except OSError: pass\nprint('ok')")
+    prog = f"from still_cli.sandbox import run_python\nr = run_python({code!r})\nprint('RESULT', r.output.strip()[-2:])"
+    out = subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True, timeout=60)
+    assert out.stdout == "RESULT ok\n" and "GARBAGE" not in out.stderr, out
+
+
+def test_nothing_survives_into_the_next_session_of_the_same_worker():
+    if not full():
+        pytest.skip("needs namespaces")
+    plant = ("import ctypes, os, subprocess\nlibc = ctypes.CDLL(None)\n"
+             "print(libc.shmget(0x5717, 4096, 0o1666) >= 0)\n"  # a SysV shared memory segment
+             "open('/tmp/left.txt', 'w').write('x'); open('/dev/shm/left', 'w').write('x')\n"
+             "p = subprocess.Popen(['setsid', 'sleep', '777'])")
+    probe = ("import ctypes, os, glob\nlibc = ctypes.CDLL(None)\n"
+             "print(libc.shmget(0x5717, 0, 0), os.path.exists('/tmp/left.txt'), os.path.exists('/dev/shm/left'),"
+             " [p for p in glob.glob('/proc/[0-9]*') if 'sleep' in open(p + '/cmdline').read()])")
+    for _ in range(3):  # the pool hands the same few workers out again
+        assert run_python(plant).output == "True\n"
+        assert run_python(probe).output == "-1 False False []\n"
