@@ -31,23 +31,29 @@ def make_problem(rng: random.Random, level: int, max_operand: int = 20) -> dict[
     return {"problem": f"What is {' '.join(parts)}?", "answer": str(total), "level": level}
 
 
-def problems(n: int, seed: int, levels: tuple[int, ...] = (1, 2, 3, 4), prefix: str = "arith") -> list[dict[str, Any]]:
+def problems(n: int, seed: int, levels: tuple[int, ...] = (1, 2, 3, 4), prefix: str = "arith",
+             max_operand: int = 20) -> list[dict[str, Any]]:
     """`n` problems spread evenly over `levels`, deterministic in `seed`, ids `{prefix}-{seed}-{i}`."""
     rng = random.Random(seed)
-    return [{"id": f"{prefix}-{seed}-{i}", **make_problem(rng, levels[i % len(levels)])} for i in range(n)]
+    return [{"id": f"{prefix}-{seed}-{i}", **make_problem(rng, levels[i % len(levels)], max_operand)}
+            for i in range(n)]
 
 
-def big_problems(n: int, seed: int, digits: int = 3, prefix: str = "big") -> list[dict[str, Any]]:
-    """Two-term problems with `digits`-digit operands ("What is 347 + 589?"): too long to add in a tiny
-    model's head, easy to copy into code. Level "big"."""
+def big_problems(n: int, seed: int, digits: int = 3, prefix: str = "big", op: str = "+-") -> list[dict[str, Any]]:
+    """Two-term problems with `digits`-digit operands ("What is 347 + 589?", or with `op="*"` "What is
+    47 * 86?"): too long for a tiny model to compute in its head, easy to copy into code. Level "big"."""
     rng = random.Random(seed)
     lo, hi = 10 ** (digits - 1), 10 ** digits - 1
     out = []
     for i in range(n):
         a, b = rng.randint(lo, hi), rng.randint(lo, hi)
-        op = "+" if rng.random() < 0.5 or a < b else "-"
-        out.append({"id": f"{prefix}-{seed}-{i}", "problem": f"What is {a} {op} {b}?",
-                    "answer": str(a + b if op == "+" else a - b), "level": "big"})
+        if op == "*":
+            out.append({"id": f"{prefix}-{seed}-{i}", "problem": f"What is {a} * {b}?", "answer": str(a * b),
+                        "level": "big"})
+            continue
+        op_ = "+" if rng.random() < 0.5 or a < b else "-"
+        out.append({"id": f"{prefix}-{seed}-{i}", "problem": f"What is {a} {op_} {b}?",
+                    "answer": str(a + b if op_ == "+" else a - b), "level": "big"})
     return out
 
 
@@ -61,10 +67,13 @@ def _terms(problem: str) -> list[tuple[str, int]]:
 
 
 def teacher_trace(problem: str) -> str:
-    """The scripted teacher's response: steps, a backwards check (reflection), the boxed answer."""
+    """The scripted teacher's response: the problem restated, steps, a backwards check (reflection),
+    the boxed answer."""
     terms = _terms(problem)
     total = terms[0][1]
-    lines, history = [], [total]
+    # restate the problem first, as reasoning models do ("Okay, so I need to compute ..."); it is also
+    # the skill a tool call needs: copy the expression into code
+    lines, history = [f"We need {problem[len('What is '):-1]}."], [total]
     for op, x in terms[1:]:
         new = total + x if op == "+" else total - x
         lines.append(f"{total} {op} {x} = {new}")

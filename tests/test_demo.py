@@ -17,11 +17,11 @@ def test_demo_quick_end_to_end(tmp_path):
     stages = report["stages"]
     first, last = stages[0], stages[-1]
     assert first["stage"] == "untrained" and first["heldout"]["accuracy"] <= 0.02
-    # seed 0 (this run) measured 0 -> 46% held-out and 0 -> 96.7% on big problems with tools; seed 1 measured
-    # 0 -> 13% held-out and no tool gain on big problems at the quick budget (see the README)
+    # measured at --quick (one thread per run): seed 0 0 -> 19.5% held-out, big 0 -> 91.7% with tools;
+    # seed 1 0 -> 37.0%, big 0 -> 100% (README). The margins below hold for both with room to spare.
     assert last["heldout"]["accuracy"] >= first["heldout"]["accuracy"] + 0.1
-    assert last["heldout"]["tool_calls"] > 0.5
-    assert last["big"]["accuracy"] >= last["big_no_tools"]["accuracy"] + 0.15
+    assert last["heldout"]["tool_calls"] > 0.2
+    assert last["big"]["accuracy"] >= last["big_no_tools"]["accuracy"] + 0.5
     assert "| untrained |" in r.stdout and "tools on big problems" in r.stdout
     # every stage's outputs and configs are kept
     assert (out / "2-distill-sft" / "distilled.config.yaml").exists()

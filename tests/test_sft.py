@@ -3,9 +3,9 @@ import shutil
 
 import pytest
 import torch
+from conftest import run_cli
 from safetensors.torch import load_file
 
-from conftest import run_cli
 from still_cli.errors import ConfigError, DataError
 from still_cli.stages.sft import SFTStageConfig, run
 
@@ -111,3 +111,42 @@ def test_sft_cli_from_stdin_with_response_field(tiny_model, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip() == str(out)  # only the result on stdout
     assert _changed(_weights(tiny_model), _weights(out))
+
+
+def test_tool_output_blocks_are_out_of_the_loss(tiny_model, tmp_path):
+    """The executor's ```output``` blocks get label -100 (the model is not taught to predict what the
+    sandbox printed); the code, the text around it and the answer keep their labels."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+    from trl import SFTConfig, SFTTrainer
+
+    from still_cli.sampling import load_tokenizer
+    from still_cli.stages.sft import mask_tool_outputs
+
+    reply = ("<think>\n```python\nprint(47 * 86)\n```\n```output\n4042\n```\nThe code printed 4042.\n"
+             "```python\nprint(1 + 1)\n```\n```output\n2\n```\n</think>\n\nThe answer is \\boxed{4042}.")
+    ds = Dataset.from_list([{"messages": [{"role": "user", "content": "What is 47 * 86?"},
+                                          {"role": "assistant", "content": reply}]}])
+    tok = load_tokenizer(str(tiny_model))
+    trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(str(tiny_model)), train_dataset=ds, processing_class=tok,
+                         args=SFTConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, assistant_only_loss=True,
+                                        report_to=[]))
+    before, after = trainer.train_dataset[0], mask_tool_outputs(trainer.train_dataset, tok)[0]
+    ids = before["input_ids"]
+    trained = lambda labels: tok.decode([i for i, lab in zip(ids, labels) if lab != -100])
+    assert "```output\n4042" in trained(before["labels"])
+    assert trained(after["labels"]).startswith(reply.replace("```output\n4042\n```\n", "").replace("```output\n2\n```\n", ""))
+    removed = tok.decode([i for i, a, b in zip(ids, before["labels"], after["labels"]) if a != -100 and b == -100])
+    assert removed == "```output\n4042\n```\n```output\n2\n```\n"
+
+
+def test_sft_on_tool_traces_masks_their_outputs(tiny_model, tmp_path, caplog):
+    rows = [{"messages": [{"role": "user", "content": f"What is {a} * 7?"},
+                          {"role": "assistant", "content": f"```python\nprint({a} * 7)\n```\n```output\n{a * 7}\n```\n"
+                                                          f"The answer is \\boxed{{{a * 7}}}."}]} for a in range(12)]
+    data = tmp_path / "tools.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with caplog.at_level("INFO", logger="still.sft"):
+        run(SFTStageConfig(model=str(tiny_model), data=str(data), output=str(tmp_path / "out"), max_steps=1,
+                           per_device_train_batch_size=4, save_steps=100))
+    assert "12 tool output blocks taken out of the loss" in caplog.text

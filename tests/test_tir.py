@@ -3,8 +3,10 @@
 import json
 from pathlib import Path
 
+import pytest
 from conftest import run_cli
 from loopback import TeacherServer
+
 from still_cli import tir
 from still_cli.sampling import Completion, SamplingParams, make_sampler, render_prompt
 
@@ -32,6 +34,23 @@ def test_scripted_tool_teacher_answers_from_the_sandbox_output():
         assert "```output\n501\n```" in c.text and c.text.endswith("\\boxed{501}.")
         assert c.tool_calls == [{"code": "print(123 + 456 - 78)\n", "output": "501\n", "error": None,
                                  "elapsed": c.tool_calls[0]["elapsed"]}]
+
+
+def test_big_products_are_solved_with_the_tool_teacher_and_refused_by_the_plain_one():
+    from still_cli import tasks
+    from still_cli.errors import ConfigError
+
+    probs = tasks.big_problems(20, seed=3, digits=2, op="*")
+    a, b = map(int, probs[0]["problem"][len("What is "):-1].split(" * "))
+    assert 10 <= a <= 99 and 10 <= b <= 99 and probs[0]["answer"] == str(a * b)
+    s = make_sampler("scripted", "arith-tools")
+    (cs,) = tir.generate(s, [render_prompt(None, probs[0]["problem"], "raw")], SamplingParams(n=1, max_tokens=300),
+                         tir.TIRSettings())
+    assert cs[0].text.endswith(f"\\boxed{{{a * b}}}.") and cs[0].tool_calls[0]["output"] == f"{a * b}\n"
+    with pytest.raises(ConfigError, match="arith-tools"):
+        make_sampler("scripted", "arith").generate([probs[0]["problem"]], SamplingParams(n=1, max_tokens=50))
+    # the plain teacher restates the problem before its steps (the copying a tool call needs)
+    assert tasks.teacher_trace("What is 7 + 15 - 3?").startswith("<think>\nWe need 7 + 15 - 3.\n7 + 15 = 22\n")
 
 
 def test_state_persists_and_the_call_budget_is_enforced():

@@ -17,7 +17,7 @@ from typing import Any
 from ..errors import ConfigError
 from . import Completion, SamplingParams
 
-_PROBLEM = re.compile(r"What is [0-9+\- ]+\?")
+_PROBLEM = re.compile(r"What is [0-9+\-* ]+\?")
 
 
 class ScriptedSampler:
@@ -44,6 +44,9 @@ class ScriptedSampler:
             m = _PROBLEM.search(text)
             if m is None:
                 raise ConfigError(f"the arith teacher only answers 'What is a + b - c?' problems, got {text[:80]!r}")
+            if "*" in m.group(0) and not self.tools:
+                raise ConfigError(f"the arith teacher writes long-form thought for + and - only, got {m.group(0)!r}; "
+                                  f"products are for the arith-tools teacher")
             rng = random.Random(f"{params.seed}-{text}")
             cs = []
             for _ in range(params.n):

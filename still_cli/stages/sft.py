@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,9 @@ class SFTStageConfig:
         "help": "Merge LoRA weights into the base model when saving (a plain model folder)."})
     max_length: int | None = field(default=4096, metadata={"help": "Truncate tokenized rows to this length; None = no limit."})
     packing: bool = field(default=False, metadata={"help": "Pack several rows into each sequence (SFT only)."})
+    mask_tool_outputs: bool = field(default=True, metadata={
+        "help": "No loss on sandbox output blocks (```output ... ```) in responses: the model learns to call "
+                "code and read its result, not to predict it (as rl --tools masks them with env_mask)."})
     num_train_epochs: float = field(default=3.0, metadata={"help": "Passes over the data (ignored when max_steps > 0)."})
     max_steps: int = field(default=-1, metadata={"help": "Total optimizer steps; -1 = from epochs."})
     learning_rate: float = field(default=1e-5, metadata={"help": "Peak learning rate."})
@@ -112,6 +116,57 @@ def _to_examples(rows: list[dict[str, Any]], c: SFTStageConfig, source: str) -> 
     if not out:
         raise DataError(f"{source} has no training rows; nothing to train on")
     return out
+
+
+TOOL_OUTPUT = "```output\n"
+_OUTPUT_BLOCK = re.compile(r"```output\n.*?\n```\n?", re.DOTALL)
+
+
+def _texts(example: dict[str, Any]) -> str:
+    """Every string of a training row (message contents, prompt, completion), joined."""
+    parts = []
+    for v in example.values():
+        for x in v if isinstance(v, list) else [v]:
+            parts.append(x.get("content", "") if isinstance(x, dict) else str(x))
+    return "\n".join(parts)
+
+
+def mask_tool_outputs(dataset: Any, tokenizer: Any) -> Any:
+    """Take every token of a sandbox output block (the text the executor appended, not the model) out of
+    the loss: -100 in TRL's `labels` column of the tokenized dataset (or 0 in `assistant_masks` /
+    `completion_mask` where labels are built later).
+    Written by hand: TRL masks whole turns or the prompt, not spans inside a completion. Token spans
+    come from the fast tokenizer's offsets on the decoded row; a row whose re-encoding differs from
+    its ids is left as it is (counted in the log)."""
+    column = next((k for k in ("labels", "assistant_masks", "completion_mask") if k in dataset.column_names), None)
+    if column is None:
+        log.warning("mask_tool_outputs: the tokenized rows carry no loss mask; output blocks stay in the loss")
+        return dataset
+    skipped, blocks = [0], [0]
+
+    def one(row: dict[str, Any]) -> dict[str, Any]:
+        ids = row["input_ids"]
+        text = tokenizer.decode(ids)
+        spans = [m.span() for m in _OUTPUT_BLOCK.finditer(text)]
+        if not spans:
+            return {}
+        blocks[0] += len(spans)
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        if enc["input_ids"] != list(ids):
+            skipped[0] += 1
+            return {}
+        mask = list(row[column])
+        for t, (a, b) in enumerate(enc["offset_mapping"]):
+            if any(a < e and b > s_ for s_, e in spans):
+                mask[t] = -100 if column == "labels" else 0
+        return {column: mask}
+
+    dataset = dataset.map(one, desc="Masking tool outputs")
+    log.info("sft: %d tool output blocks taken out of the loss", blocks[0])
+    if skipped[0]:
+        log.warning("mask_tool_outputs: %d rows did not re-encode to the same tokens; their output blocks stay "
+                    "in the loss", skipped[0])
+    return dataset
 
 
 def _checkpoint_state(ckpt_dir: Path, resume: bool) -> bool:
@@ -184,6 +239,8 @@ def run(c: SFTStageConfig) -> Path:
                          assistant_only_loss="messages" in dataset.column_names)
         trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                              peft_config=peft_config)
+        if c.mask_tool_outputs and any(TOOL_OUTPUT in _texts(e) for e in examples):
+            trainer.train_dataset = mask_tool_outputs(trainer.train_dataset, tokenizer)
     # the Trainer prints its log dicts on stdout; stdout is for results (pipelines), so send them to stderr
     with contextlib.redirect_stdout(sys.stderr):
         trainer.train(resume_from_checkpoint=True if resuming else None)
