@@ -48,8 +48,9 @@ class DemoConfig:
 # The problem text alone as the user turn: a tiny model learns the format from the traces, and shorter
 # sequences make every step faster on CPU (the r1 instruction adds ~25 tokens per row).
 PROMPT = "raw"
-# Operands 1-9: the per-line sums a 1M-parameter model learns within the budget on every seed we tried
-# (operands 1-20 learned at 3-17% after 300 steps depending on the seed, 1-9 at 14-15%).
+# Operands 1-9: sums a 1M-parameter model learns within the budget. Measured after 300 SFT steps (before
+# the restated problem was added to the traces): operands 1-20 gave 3.0% at seed 1, operands 1-9 13.8%
+# and 14.5% at seeds 1 and 0.
 MAX_OPERAND = 9
 # "Big" problems: products of two 2-digit numbers. The model never multiplies in its training data, so
 # it cannot do them in its head; with the sandbox it only has to copy two short numbers into code and

@@ -31,6 +31,7 @@ How (all OS mechanisms; each used when the machine allows it, and `protections()
 
 Not isolated between sessions even with every mechanism on: the kernel keyrings of uid `nobody`
 (`keyctl`), and CPU caches / timing (side channels).
+
 Fallback where namespaces / cgroups / root are missing (a laptop user): rlimits, a new process group
 killed as a whole, a private scratch folder emptied after each session and removed with its
 worker, a Python-level socket block. That still
@@ -295,7 +296,8 @@ def _keeper_main(ctl: Any, limits: Limits, cgroup: str | None) -> None:
         else:
             for entry in os.listdir(scratch):
                 p = os.path.join(scratch, entry)
-                shutil.rmtree(p, ignore_errors=True) if os.path.isdir(p) and not os.path.islink(p) else os.unlink(p)
+                with contextlib.suppress(OSError):
+                    shutil.rmtree(p) if os.path.isdir(p) and not os.path.islink(p) else os.unlink(p)
         _send(ctl, {"ended": code})
 
 
@@ -711,7 +713,11 @@ class _Worker:
         t = time.perf_counter()
         if len(code.encode()) > MAX_MESSAGE - 1024:
             return Result(error=f"ValueError: the code is longer than {MAX_MESSAGE - 1024} bytes")
-        _send(self.data, {"code": code, "quiet": quiet})
+        try:
+            _send(self.data, {"code": code, "quiet": quiet})
+        except OSError:  # the session process is already gone (e.g. a thread of the last cell exited it)
+            code_ = self.end(kill=True)
+            raise _SessionDied(f"SandboxError: the Python process ended (exit code {code_})") from None
         self.data.settimeout(timeout)
         try:
             reply, _ = _recv(self.data)

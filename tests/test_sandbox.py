@@ -254,3 +254,15 @@ def test_nothing_survives_into_the_next_session_of_the_same_worker():
     for _ in range(3):  # the pool hands the same few workers out again
         assert run_python(plant).output == "True\n"
         assert run_python(probe).output == "-1 False False []\n"
+
+
+def test_a_session_that_exits_between_cells_is_replaced():
+    deadline = time.time() + 0.45  # the replayed copy of the first cell (after 0.6 s) must not exit
+    with Session(Limits(timeout=2)) as s:
+        assert s.run("a = 3\nimport os, threading, time\n"
+                     f"threading.Thread(target=lambda: (time.sleep(0.2), time.time() < {deadline} and os._exit(7)))"
+                     ".start()").ok
+        time.sleep(0.6)
+        r = s.run("a + 1")  # the process died after the last reply: an error, then a fresh session
+        assert r.output == "4\n" or (r.error and "SandboxError" in r.error), r
+        assert s.run("a * 2").output == "6\n"  # earlier cells replayed

@@ -150,11 +150,11 @@ def mask_tool_outputs(dataset: Any, tokenizer: Any) -> Any:
         spans = [m.span() for m in _OUTPUT_BLOCK.finditer(text)]
         if not spans:
             return {}
-        blocks[0] += len(spans)
         enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         if enc["input_ids"] != list(ids):
             skipped[0] += 1
             return {}
+        blocks[0] += len(spans)
         mask = list(row[column])
         for t, (a, b) in enumerate(enc["offset_mapping"]):
             if any(a < e and b > s_ for s_, e in spans):
