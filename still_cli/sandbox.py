@@ -864,16 +864,14 @@ class Session:
     def __init__(self, limits: Limits | None = None):
         self.limits = limits or Limits()
         self._worker: _Worker | None = None
-        self._open = False
         self.history: list[str] = []
         self.calls: list[dict[str, Any]] = []
 
     def _ensure(self) -> _Worker:
         if self._worker is None:
             self._worker = _pool_for(self.limits).take()
-        if not self._open and self._worker.usable:
+        if self._worker.data is None and self._worker.usable:  # no session open (first cell, or it died)
             self._worker.open()
-            self._open = True
             for cell in self.history:  # restore state after a crash
                 self._worker.call(cell, self.limits.timeout, quiet=True)
         return self._worker
@@ -886,14 +884,16 @@ class Session:
             res = w.call(code, timeout) if w.usable else Result(error=w.error)
         except _SessionDied as e:
             res = Result(error=str(e), elapsed=time.perf_counter() - t)
-        except Exception as e:  # never raise into the rollout
+        except Exception as e:  # never raise into the rollout; the next cell starts a fresh session
             res = Result(error=f"SandboxError: {e!r}")
-        if res.error and res.error.startswith(("TimeoutError: timed out", "SandboxError", "MemoryError: memory limit exceeded (")):
-            self._open = False  # the session process is gone: the next cell starts a fresh one
-            if self._worker is not None and not self._worker.usable:
-                self._worker.destroy()
-                self._worker = None
-        elif res.ok:
+            if self._worker is not None and self._worker.data is not None:
+                self._worker.end(kill=True)
+        # a timeout or a dead session has already ended the session (worker.data is None): the next cell
+        # opens a fresh one and replays the history
+        if self._worker is not None and not self._worker.usable:
+            self._worker.destroy()
+            self._worker = None
+        if res.ok:
             self.history.append(code)
         self.calls.append({"code": code, "output": res.output, "error": res.error, "elapsed": res.elapsed})
         return res
@@ -904,10 +904,9 @@ class Session:
 
     def close(self) -> None:
         if self._worker is not None:
-            if self._open:
-                self._worker.end(kill=False, wait=False)  # the keeper resets while the caller goes on
+            self._worker.end(kill=False, wait=False)  # the keeper resets while the caller goes on
             _pool_for(self.limits).give(self._worker)
-            self._worker, self._open = None, False
+            self._worker = None
 
     def __enter__(self) -> Session:
         return self

@@ -83,13 +83,16 @@ def test_grandchildren_die_with_the_session():
         r = s.run("import subprocess\np = subprocess.Popen(['setsid', 'sleep', '1234'])\nprint(p.pid)")
         assert r.ok, r
         assert any("1234" in " ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"]))
+
+    def sleeper_alive():
+        return any("sleep" in (p.info["cmdline"] or [""])[0] and "1234" in (p.info["cmdline"] or [])
+                   for p in psutil.process_iter(["cmdline"]))
+
     # the keeper kills the session's tree once the session process has exited (off the caller's path)
     deadline = time.time() + 5
-    while time.time() < deadline and any("sleep" in (p.info["cmdline"] or [""])[0] and "1234" in (p.info["cmdline"] or [])
-                                         for p in psutil.process_iter(["cmdline"])):
+    while time.time() < deadline and sleeper_alive():
         time.sleep(0.05)
-    assert not any("sleep" in (p.info["cmdline"] or [""])[0] and "1234" in (p.info["cmdline"] or [])
-                   for p in psutil.process_iter(["cmdline"]))
+    assert not sleeper_alive()
 
 
 def test_subprocess_that_hangs_is_killed_with_its_tree():
