@@ -792,7 +792,9 @@ class _Worker:
 class _Pool:
     """Idle workers for one set of limits: taken by a session, given back when it closes (the keeper
     resets in the background), destroyed when broken or beyond `keep` idle ones. Pre-warmed with
-    `warm` workers built in a background thread."""
+    `warm` workers built in a background thread. Measured cost of an idle worker (its process and
+    keeper; numpy and sympy pages shared with the zygote): about 9 MB proportional set size (10 idle
+    workers and the zygote: 95 MB), so a full pool of 64 holds roughly 0.6 GB."""
 
     def __init__(self, limits: Limits, warm: int, keep: int = 64):
         self.limits, self.keep = limits, keep

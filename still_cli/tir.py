@@ -28,6 +28,14 @@ from .sampling import Completion, SamplingParams
 FENCE_STOP = "```\n"
 _OPEN = re.compile(r"```python[^\n]*\n")
 OUT_OF_CALLS = "You have run out of code calls; continue reasoning without code."
+OUTPUT_OPEN = "```output\n"
+# one executor output block as output_block() writes it (sft takes these out of the loss)
+OUTPUT_BLOCK = re.compile(r"```output\n.*?\n```\n?", re.DOTALL)
+
+
+def output_block(shown: str) -> str:
+    """The text appended after a code block: the executor's output, fenced as ```output."""
+    return f"{OUTPUT_OPEN}{shown}\n```\n"
 
 
 @dataclass
@@ -164,7 +172,7 @@ def _advance(s: dict[str, Any], c: Completion, params: SamplingParams, settings:
         res = s["session"].run(code)
         shown = _cut(res.as_text(), settings.max_output_chars)
         call = {"code": code, "output": res.output, "error": res.error, "elapsed": round(res.elapsed, 4)}
-    block = f"```output\n{shown}\n```\n"
+    block = output_block(shown)
     s["text"] += block
     if call is not None:
         s["calls"].append(call)

@@ -1,5 +1,6 @@
 """`still demo --quick` end to end: the report exists, the final model is far above the untrained one,
-tools beat no tools on the big-number problems, and a rerun resumes instead of redoing."""
+tools beat no tools on the big-number problems, and a rerun (of the moved run folder) resumes instead
+of redoing."""
 
 import json
 import time
@@ -20,16 +21,21 @@ def test_demo_quick_end_to_end(tmp_path):
     # measured at --quick: seed 0 (2 threads, this test in CI) 0 -> 11.0% held-out, big 0 -> 100% with tools;
     # seed 0 (1 thread) 0 -> 19.5%, big 0 -> 91.7%; seed 1 (1 thread) 0 -> 37.0%, big 0 -> 100% (README)
     assert last["heldout"]["accuracy"] >= first["heldout"]["accuracy"] + 0.05
-    assert last["heldout"]["tool_calls"] > 0.2
+    assert last["big"]["tool_calls"] > 0.5  # the sandbox is called where the numbers are too big
     assert last["big"]["accuracy"] >= last["big_no_tools"]["accuracy"] + 0.5
     assert "| untrained |" in r.stdout and "tools on big problems" in r.stdout
     # every stage's outputs and configs are kept
     assert (out / "2-distill-sft" / "distilled.config.yaml").exists()
     assert (out / "4-rl-staged" / "done.json").exists()
-    # a rerun skips the finished stages
+    # a rerun skips the finished stages, also when the run folder was moved (paths are kept relative)
+    moved = out.rename(tmp_path / "moved")
     t = time.perf_counter()
-    again = run_cli("demo", "--quick", "-o", str(out), timeout=600)
-    assert again.returncode == 0 and time.perf_counter() - t < 60
+    again = run_cli("demo", "--quick", "-o", str(moved), timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert time.perf_counter() - t < 60
     assert again.stderr.count("already done, skipping") == 5
-    rep = run_cli("report", str(out))
+    rerun = json.loads((moved / "report.json").read_text())["stages"]
+    assert [(s["heldout"], s["big"]) for s in rerun] == [(s["heldout"], s["big"]) for s in stages]
+    assert all(s["model"].startswith(str(moved)) for s in rerun)
+    rep = run_cli("report", str(moved))
     assert rep.returncode == 0 and "| hint-engineer + sft, eval --tools |" in rep.stdout

@@ -61,6 +61,24 @@ def test_rl_changes_weights_with_rewards_that_vary(sft_model, tmp_path):
     assert bad.returncode == 1 and "holds no report.json" in bad.stderr
 
 
+def test_optimizer_settings_reach_the_trainer(sft_model, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from still_cli.stages.rl import RLConfig, _build_trainer
+
+    model, tok = AutoModelForCausalLM.from_pretrained(sft_model), AutoTokenizer.from_pretrained(sft_model)
+    problems = [json.loads(x) for x in RL_DATA.read_text().splitlines()][:8]
+    built = {}
+    for optim, eps in (("sgd", 1e-8), ("adamw_torch", 1e-3)):
+        c = RLConfig(model=str(sft_model), data=str(RL_DATA), output=str(tmp_path), optim=optim, adam_epsilon=eps,
+                     **SMALL)
+        trainer = _build_trainer(c, {"name": "all", "max_steps": 1}, 0, model, tok, problems, tmp_path / optim,
+                                 tmp_path, 0, False)
+        built[optim] = trainer.create_optimizer()
+    assert isinstance(built["sgd"], torch.optim.SGD)
+    assert isinstance(built["adamw_torch"], torch.optim.AdamW) and built["adamw_torch"].defaults["eps"] == 1e-3
+
+
 def _rl_cmd(model: Path, out: Path, table: Path) -> list[str]:
     stages = ('[{name: mid, levels: [medium], max_steps: 4, plateau_window: 1, plateau_min_delta: 100},'
               ' {name: hard, levels: [hard], max_steps: 6, max_completion_length: 64}]')

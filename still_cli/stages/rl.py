@@ -82,6 +82,8 @@ class RLConfig:
     lr_scheduler_type: str = field(default="constant", metadata={"help": "transformers scheduler name."})
     warmup_steps: int = field(default=0, metadata={"help": "Linear warm-up steps (per stage)."})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    optim: str = field(default="adamw_torch", metadata={"help": "transformers optimizer name (adamw_torch, sgd, ...)."})
+    adam_epsilon: float = field(default=1e-8, metadata={"help": "AdamW epsilon."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping."})
     per_device_train_batch_size: int = field(default=8, metadata={"help": "Completions (not prompts) per device per micro-batch."})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
@@ -423,7 +425,8 @@ def _build_trainer(c: RLConfig, stage: dict[str, Any], k: int, model: Any, token
     args = GRPOConfig(
         output_dir=str(sdir / "checkpoints"), max_steps=stage["max_steps"], learning_rate=get("learning_rate"),
         lr_scheduler_type=c.lr_scheduler_type, warmup_steps=c.warmup_steps, weight_decay=c.weight_decay,
-        max_grad_norm=c.max_grad_norm, per_device_train_batch_size=c.per_device_train_batch_size,
+        optim=c.optim, adam_epsilon=c.adam_epsilon, max_grad_norm=c.max_grad_norm,
+        per_device_train_batch_size=c.per_device_train_batch_size,
         gradient_accumulation_steps=c.gradient_accumulation_steps, generation_batch_size=c.generation_batch_size,
         gradient_checkpointing=c.gradient_checkpointing, bf16=bf16, use_cpu=not cuda, seed=c.seed, data_seed=c.seed,
         save_strategy="steps", save_steps=c.save_steps, save_total_limit=c.save_total_limit,

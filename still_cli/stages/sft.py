@@ -23,13 +23,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from ..config import require
+from ..tir import OUTPUT_BLOCK, OUTPUT_OPEN
 
 log = logging.getLogger("still.sft")
 
@@ -118,9 +118,6 @@ def _to_examples(rows: list[dict[str, Any]], c: SFTStageConfig, source: str) -> 
     return out
 
 
-TOOL_OUTPUT = "```output\n"
-_OUTPUT_BLOCK = re.compile(r"```output\n.*?\n```\n?", re.DOTALL)
-
 
 def _texts(example: dict[str, Any]) -> str:
     """Every string of a training row (message contents, prompt, completion), joined."""
@@ -147,7 +144,7 @@ def mask_tool_outputs(dataset: Any, tokenizer: Any) -> Any:
     def one(row: dict[str, Any]) -> dict[str, Any]:
         ids = row["input_ids"]
         text = tokenizer.decode(ids)
-        spans = [m.span() for m in _OUTPUT_BLOCK.finditer(text)]
+        spans = [m.span() for m in OUTPUT_BLOCK.finditer(text)]
         if not spans:
             return {}
         enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
@@ -239,7 +236,7 @@ def run(c: SFTStageConfig) -> Path:
                          assistant_only_loss="messages" in dataset.column_names)
         trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                              peft_config=peft_config)
-        if c.mask_tool_outputs and any(TOOL_OUTPUT in _texts(e) for e in examples):
+        if c.mask_tool_outputs and any(OUTPUT_OPEN in _texts(e) for e in examples):
             trainer.train_dataset = mask_tool_outputs(trainer.train_dataset, tokenizer)
     # the Trainer prints its log dicts on stdout; stdout is for results (pipelines), so send them to stderr
     with contextlib.redirect_stdout(sys.stderr):
