@@ -18,7 +18,8 @@ runs through the same code the subcommands use (the stages' `run()` with their c
 
 After each stage: pass@1 on held-out problems as the papers report it (mean correctness over 4 samples
 per problem at T 0.6, top-p 0.95; overall and per level), mean response length and tool calls per
-response, and pass@1 on held-out big problems (with and without tools at the end). Writes `report.md` (the table), `report.json`, `accuracy.png`, `rl.png`, and every stage's
+response, and pass@1 on held-out big problems (with and without tools at the end). Writes `report.md`
+(the table), `report.json`, `accuracy.png`, `rl.png`, and every stage's
 outputs and configs under `-o DIR`. A rerun skips finished stages (each leaves a `done.json`).
 
 The orchestrator imports the stages (it is not a stage itself; stages never import each other).
