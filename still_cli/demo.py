@@ -138,7 +138,7 @@ def _evals(model: str, d: dict[str, str], folder: Path, tools: bool = False, see
     row = {"heldout": _eval(model, d["test"], folder, "eval-heldout", tools, seed=seed, n=n),
            "big": _eval(model, d["big_test"], folder, "eval-big", tools, seed=seed, n=n)}
     if tools:  # the same model without the sandbox, for the comparison
-        row["big_no_tools"] = _eval(model, d["big_test"], folder, "eval-big-no-tools", False, seed=seed)
+        row["big_no_tools"] = _eval(model, d["big_test"], folder, "eval-big-no-tools", False, seed=seed, n=n)
     return row
 
 

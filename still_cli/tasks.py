@@ -48,12 +48,12 @@ def big_problems(n: int, seed: int, digits: int = 3, prefix: str = "big", op: st
     for i in range(n):
         a, b = rng.randint(lo, hi), rng.randint(lo, hi)
         if op == "*":
-            out.append({"id": f"{prefix}-{seed}-{i}", "problem": f"What is {a} * {b}?", "answer": str(a * b),
-                        "level": "big"})
-            continue
-        op_ = "+" if rng.random() < 0.5 or a < b else "-"
-        out.append({"id": f"{prefix}-{seed}-{i}", "problem": f"What is {a} {op_} {b}?",
-                    "answer": str(a + b if op_ == "+" else a - b), "level": "big"})
+            sym, value = "*", a * b
+        else:
+            sym = "+" if rng.random() < 0.5 or a < b else "-"
+            value = a + b if sym == "+" else a - b
+        out.append({"id": f"{prefix}-{seed}-{i}", "problem": f"What is {a} {sym} {b}?", "answer": str(value),
+                    "level": "big"})
     return out
 
 

@@ -118,7 +118,6 @@ def _to_examples(rows: list[dict[str, Any]], c: SFTStageConfig, source: str) -> 
     return out
 
 
-
 def _texts(example: dict[str, Any]) -> str:
     """Every string of a training row (message contents, prompt, completion), joined."""
     parts = []
