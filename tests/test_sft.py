@@ -150,3 +150,33 @@ def test_sft_on_tool_traces_masks_their_outputs(tiny_model, tmp_path, caplog):
         run(SFTStageConfig(model=str(tiny_model), data=str(data), output=str(tmp_path / "out"), max_steps=1,
                            per_device_train_batch_size=4, save_steps=100))
     assert "12 tool output blocks taken out of the loss" in caplog.text
+
+
+def test_group_by_length_cuts_padding_and_still_trains(tiny_model, tmp_path, monkeypatch):
+    import trl
+
+    rows = tmp_path / "mixed.jsonl"  # half the rows short, half ~10x longer: random batches mix them
+    short = [{"messages": [{"role": "user", "content": f"What is {a} + 1?"},
+                           {"role": "assistant", "content": f"\\boxed{{{a + 1}}}"}]} for a in range(32)]
+    long = [{"messages": [{"role": "user", "content": f"What is {a} + 2?"},
+                          {"role": "assistant", "content": "Let me add step by step. " * 12 + f"\\boxed{{{a + 2}}}"}]}
+            for a in range(32)]
+    rows.write_text("".join(json.dumps(r) + "\n" for pair in zip(short, long) for r in pair))
+    seen = []
+    original = trl.SFTTrainer.training_step
+
+    def recording(self, model, inputs, *a, **kw):
+        seen.append((inputs["input_ids"].numel(), int(inputs["attention_mask"].sum())))
+        return original(self, model, inputs, *a, **kw)
+
+    monkeypatch.setattr(trl.SFTTrainer, "training_step", recording)
+    padded = {}
+    for grouped in (False, True):
+        seen.clear()
+        out = run(_cfg(tiny_model, rows, tmp_path / f"g{grouped}", group_by_length=grouped, max_steps=8))
+        padded[grouped] = sum(n - real for n, real in seen)
+        assert sum(real for _, real in seen) > 0
+    assert padded[True] < 0.5 * padded[False], padded  # grouped batches carry far less padding
+    assert _changed(_weights(tiny_model), _weights(out))
+    with pytest.raises(ConfigError, match="group_by_length"):
+        _cfg(tiny_model, rows, tmp_path / "x", group_by_length=True, packing=True)
