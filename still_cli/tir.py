@@ -19,6 +19,7 @@ rollout and `tool_mask` marks executor-output tokens 0, for RL (TRL's `env_mask`
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, replace
 from typing import Any
@@ -44,6 +45,9 @@ class TIRSettings:
     timeout: float = 30.0          # CoRT: 30 s at eval, 5 s in RL
     max_output_chars: int = 800    # CoRT: 800 (STILL-3-TOOL: 400)
     memory_mb: int = 1024
+    # code cells of one round run at once, each in its own rollout's session (0 = one per CPU core);
+    # a session is a separate process, so threads here only wait on it
+    parallel: int = 0
 
 
 def open_code(text: str) -> str | None:
@@ -109,8 +113,11 @@ def generate(sampler: Any, prompts: list[Any], params: SamplingParams, settings:
             # one generate call per round over every unfinished rollout, each continuing its own text
             ctx = [_continue(s["prompt"], s["text"]) for s in active]
             outs = sampler.generate(ctx, round_params)
-            for s, (c,) in zip(active, outs):
-                _advance(s, c, params, settings, tok)
+            pending = [(s, code) for s, (c,) in zip(active, outs)
+                       if (code := _advance(s, c, params, settings, tok)) is not None]
+            for (s, code), res in zip(pending, _run_cells(pending, settings)):
+                call = {"code": code, "output": res.output, "error": res.error, "elapsed": round(res.elapsed, 4)}
+                _append_output(s, _cut(res.as_text(), settings.max_output_chars), call, params, tok)
     finally:
         for s in states:
             s["session"].close()
@@ -149,7 +156,8 @@ def _continue(prompt: Any, text: str) -> Any:
     return prompt + text
 
 
-def _advance(s: dict[str, Any], c: Completion, params: SamplingParams, settings: TIRSettings, tok: Any) -> None:
+def _advance(s: dict[str, Any], c: Completion, params: SamplingParams, settings: TIRSettings, tok: Any) -> str | None:
+    """Append one generated piece to rollout `s`; return the code to run when it ended a ```python block."""
     text = c.text
     if c.finish_reason == "stop" and open_code(s["text"] + text) is not None and not text.rstrip().endswith("```"):
         text += "\n```\n" if not text.endswith("\n") else "```\n"  # a server stripped the stop string
@@ -160,18 +168,33 @@ def _advance(s: dict[str, Any], c: Completion, params: SamplingParams, settings:
         s["mask"] += [1] * len(c.token_ids)
     if c.finish_reason == "length" or s["tokens"] >= params.max_tokens:
         s["done"], s["finish"] = True, "length"
-        return
+        return None
     code = closed_code(s["text"])
     if code is None:
         # stopped at the fence of some other block (```text ... ```): keep generating; else it ended
         s["done"] = not s["text"].endswith(FENCE_STOP)
-        return
+        return None
     if len(s["calls"]) >= settings.max_calls:
-        shown, call = OUT_OF_CALLS, None
-    else:
-        res = s["session"].run(code)
-        shown = _cut(res.as_text(), settings.max_output_chars)
-        call = {"code": code, "output": res.output, "error": res.error, "elapsed": round(res.elapsed, 4)}
+        _append_output(s, OUT_OF_CALLS, None, params, tok)
+        return None
+    return code
+
+
+def _run_cells(pending: list[tuple[dict[str, Any], str]], settings: TIRSettings) -> list[Any]:
+    """Each rollout's cell in its own session, several at once. Written here: the sessions are separate
+    processes, so this only overlaps the waiting (a thread pool, results in input order)."""
+    workers = min(len(pending), settings.parallel or os.cpu_count() or 1)
+    if workers <= 1:
+        return [s["session"].run(code) for s, code in pending]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(workers) as ex:
+        return list(ex.map(lambda sc: sc[0]["session"].run(sc[1]), pending))
+
+
+def _append_output(s: dict[str, Any], shown: str, call: dict[str, Any] | None, params: SamplingParams,
+                   tok: Any) -> None:
+    """Append the ```output block (executor text, out of the loss) to rollout `s`."""
     block = output_block(shown)
     s["text"] += block
     if call is not None:

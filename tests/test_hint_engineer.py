@@ -36,9 +36,15 @@ def test_hint_engineer_keeps_verified_tool_traces_and_resumes(tmp_path):
     out = tmp_path / "hinted.jsonl"
     cmd = ["hint-engineer", "--model", "arith-tools", "--backend", "scripted", "--data", str(traces), "--n", "2",
            "-o", str(out)]
-    r = run_cli(*cmd)
+    # a first run over 5 of the 8 traces, 3 per generate call (two batches), as if stopped part-way
+    part = run_cli(*cmd, "--limit", "5", "--batch-size", "3")
+    assert part.returncode == 0, part.stderr
+    assert len(_rows(tmp_path / "hinted.progress.jsonl")) == 5
+    r = run_cli(*cmd)  # resumes: only the last 3 traces are continued
     assert r.returncode == 0, r.stderr
+    assert "(5 resumed)" in r.stderr
     rows = _rows(out)
+    assert len({x["id"] for x in rows}) == len(rows)
     assert rows and all(grade(x["messages"][-1]["content"], x["answer"]) and x["tool_calls"] >= 1 for x in rows)
     by_kind = {x["hint"] for x in rows}
     assert {"prompt", "reflect", "python"} <= by_kind

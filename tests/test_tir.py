@@ -53,6 +53,28 @@ def test_big_products_are_solved_with_the_tool_teacher_and_refused_by_the_plain_
     assert tasks.teacher_trace("What is 7 + 15 - 3?").startswith("<think>\nWe need 7 + 15 - 3.\n7 + 15 = 22\n")
 
 
+class SleepThenStamp:
+    """Test stand-in for a model whose every rollout runs one cell that sleeps, stamping start and end."""
+
+    tokenizer = None
+
+    def generate(self, prompts, params):
+        cell = "import time\nt0 = time.time()\ntime.sleep(0.5)\nprint(t0, time.time(), x)\n"
+        return [[Completion("Done." if "```output" in p else f"```python\nx = {len(p)}\n{cell}```\n", 9, "stop")]
+                for p in prompts]
+
+
+def test_cells_of_one_round_run_at_once_each_in_its_own_session():
+    prompts = ["Q1: ", "Q22: ", "Q333: "]
+    outs = tir.generate(SleepThenStamp(), prompts, SamplingParams(n=1, max_tokens=200), tir.TIRSettings(parallel=3))
+    spans = []
+    for p, (c,) in zip(prompts, outs):
+        t0, t1, x = c.tool_calls[0]["output"].split()
+        assert int(x) == len(p) and c.text.endswith("Done.")  # each rollout's own session and output
+        spans.append((float(t0), float(t1)))
+    assert max(a for a, _ in spans) < min(b for _, b in spans)  # all three cells were running together
+
+
 def test_state_persists_and_the_call_budget_is_enforced():
     model = CodeEveryTurn()
     (cs,) = tir.generate(model, ["Q: "], SamplingParams(n=1, max_tokens=120), tir.TIRSettings(max_calls=3))

@@ -58,6 +58,8 @@ class HintEngineerConfig(BackendSettings):
     answer_field: str = field(default="answer", metadata={"help": "Column holding the gold answer."})
     id_field: str = field(default="id", metadata={"help": "Column holding the row id."})
     grade_timeout: float = field(default=5.0, metadata={"help": "Seconds to grade one answer."})
+    batch_size: int = field(default=64, metadata={
+        "help": "Traces continued per generate call (their code cells run in parallel, one per core)."})
 
     def __post_init__(self):
         from ..hints import KINDS
@@ -65,6 +67,7 @@ class HintEngineerConfig(BackendSettings):
         require(bool(self.model), "hint-engineer needs --model to continue the hinted traces")
         require(bool(self.data), "hint-engineer needs --data traces or problems, e.g. --data distilled.jsonl")
         require(bool(self.output), "hint-engineer needs an output; add -o hinted.jsonl (or -o - for stdout)")
+        require(self.batch_size >= 1, f"--batch-size {self.batch_size} must be >= 1")
         for k in self.hints:
             require(k in KINDS, f"hint {k!r} is unknown; use some of {', '.join(KINDS)}")
 
@@ -127,6 +130,7 @@ def _render(sampler: Any, prompt_msgs: list[dict[str, str]]) -> Any:
 
 def run(c: HintEngineerConfig) -> dict[str, Any]:
     import contextlib
+    from dataclasses import replace
 
     from ..config import write_resolved
     from ..data import JsonlAppender, StdoutWriter, read_rows, sidecar
@@ -155,17 +159,27 @@ def run(c: HintEngineerConfig) -> dict[str, Any]:
             done |= have  # rows are written before the ledger line; a row set on disk is finished
         sampler = sampler_from_config(c, c.model)
         params = SamplingParams(n=c.n, temperature=c.temperature, top_p=c.top_p, max_tokens=c.max_tokens, seed=c.seed)
+        todo = []
         for row in rows:
             if row["id"] in done:
                 stats["resumed"] += 1
-                continue
-            hints = _hints_for(c, row, manual)
-            prefixes = [hinted_prefix(row["response"], h) if row["response"] else h.text for _, h in hints]
-            kept_rows: list[dict[str, Any]] = []
-            if hints:
-                prompt = _render(sampler, row["prompt"])
-                outs = generate(sampler, [prompt] * len(hints), params, settings, prefixes=prefixes)
-                for (kind, h), comps in zip(hints, outs):
+            else:
+                todo.append(row)
+        for start in range(0, len(todo), c.batch_size):
+            batch = [(row, _hints_for(c, row, manual)) for row in todo[start:start + c.batch_size]]
+            # every hinted prefix of the batch in one generate call
+            prompts, prefixes = [], []
+            for row, hints in batch:
+                prompt = _render(sampler, row["prompt"]) if hints else None
+                for _, h in hints:
+                    prompts.append(prompt)
+                    prefixes.append(hinted_prefix(row["response"], h) if row["response"] else h.text)
+            outs = iter(generate(sampler, prompts, replace(params, seed=c.seed + start), settings, prefixes=prefixes)
+                        if prompts else [])
+            for row, hints in batch:  # written row by row, each followed by its ledger line
+                kept_rows: list[dict[str, Any]] = []
+                for kind, h in hints:
+                    comps = next(outs)
                     ok = grade_batch([x.text for x in comps], [row["answer"]] * len(comps),
                                      truncated=[x.truncated for x in comps], timeout=c.grade_timeout)
                     stats.update(hinted=1, samples=len(comps), correct=sum(ok))
@@ -180,10 +194,10 @@ def run(c: HintEngineerConfig) -> dict[str, Any]:
                             "num_tokens": g["num_tokens"], "model": c.model,
                             "sampling": {"backend": c.backend, "temperature": c.temperature, "top_p": c.top_p,
                                          "max_tokens": c.max_tokens, "seed": c.seed}})
-            out.write_many(kept_rows)
-            if ledger is not None:
-                ledger.write({"id": row["id"], "hints": [k for k, _ in hints], "kept": len(kept_rows)})
-            stats.update(rows=1, kept=len(kept_rows), no_hint=0 if hints else 1)
+                out.write_many(kept_rows)
+                if ledger is not None:
+                    ledger.write({"id": row["id"], "hints": [k for k, _ in hints], "kept": len(kept_rows)})
+                stats.update(rows=1, kept=len(kept_rows), no_hint=0 if hints else 1)
     log.info("hint-engineer: %d rows (%d resumed), %d hinted prefixes, %d/%d continuations verified with code, "
              "%d rows kept, %d rows without a hint position", stats["rows"], stats["resumed"], stats["hinted"],
              stats["correct"], stats["samples"], stats["kept"], stats["no_hint"])
