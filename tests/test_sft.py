@@ -180,3 +180,39 @@ def test_group_by_length_cuts_padding_and_still_trains(tiny_model, tmp_path, mon
     assert _changed(_weights(tiny_model), _weights(out))
     with pytest.raises(ConfigError, match="group_by_length"):
         _cfg(tiny_model, rows, tmp_path / "x", group_by_length=True, packing=True)
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_cpu_loss_path_matches_trl_fused_head(tiny_model, sft_rows, tmp_path, packing):
+    """On CPU the loss comes from the model's own forward (faster than TRL's fused-head fallback): the
+    same loss, gradients and logged metrics as TRL's own compute_loss on the same batch."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+    from trl import SFTConfig, SFTTrainer
+
+    from still_cli.sampling import load_tokenizer
+    from still_cli.stages.sft import _sft_trainer_class
+
+    rows = [json.loads(x) for x in sft_rows.read_text().splitlines()]
+    args = SFTConfig(output_dir=str(tmp_path), per_device_train_batch_size=8, use_cpu=True, report_to=["none"],
+                     assistant_only_loss=True, packing=packing, max_length=128)
+    trainer = _sft_trainer_class()(model=AutoModelForCausalLM.from_pretrained(tiny_model), args=args,
+                                   train_dataset=Dataset.from_list(rows), processing_class=load_tokenizer(str(tiny_model)))
+    assert type(trainer).compute_loss is not SFTTrainer.compute_loss
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    n_items = int((batch["labels"][:, 1:] != -100).sum())
+    results = []
+    trainer.model.train()
+    for compute in (type(trainer).compute_loss, SFTTrainer.compute_loss):
+        trainer.model.zero_grad()
+        trainer._metrics["train"].clear()
+        loss = compute(trainer, trainer.model, dict(batch), num_items_in_batch=n_items)
+        loss.backward()
+        grads = [p.grad.clone() for p in trainer.model.parameters()]
+        metrics = {k: v[-1] for k, v in trainer._metrics["train"].items() if k != "num_tokens"}
+        results.append((float(loss), grads, metrics))
+    (loss_a, grads_a, m_a), (loss_b, grads_b, m_b) = results
+    assert loss_a > 1.0 and loss_a == pytest.approx(loss_b, rel=1e-5)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(grads_a, grads_b))
+    assert set(m_a) == set(m_b) == {"entropy", "mean_token_accuracy"}
+    assert all(m_a[k] == pytest.approx(m_b[k], rel=1e-4, abs=1e-6) for k in m_a)
