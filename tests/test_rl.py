@@ -89,9 +89,10 @@ def _rl_cmd(model: Path, out: Path, table: Path) -> list[str]:
             "--save-steps", "2", "--logging-steps", "1", "--loss-type", "grpo", "-o", str(out)]
 
 
-def test_curriculum_moves_on_and_resumes_in_stage_two_after_kill9(sft_model, tmp_path):
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_curriculum_moves_on_and_resumes_in_stage_two_after_kill9(lora, sft_model, tmp_path):
     out, table = tmp_path / "staged", _difficulty_table(tmp_path / "difficulty.jsonl")
-    cmd = _rl_cmd(sft_model, out, table)
+    cmd = _rl_cmd(sft_model, out, table) + (["--use-peft", "--lora-r", "4"] if lora else [])
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 240
     try:
@@ -243,3 +244,36 @@ def test_rl_with_tools_runs_code_and_masks_executor_output(tool_model, tmp_path)
     assert all(r["completions/mean_length"] < 64 for r in rows)
     before, after = _weights(tool_model), _weights(out)
     assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_rl_with_lora_trains_adapters_only_and_saves_a_plain_merged_model(sft_model, tmp_path):
+    """--use-peft: the output is a plain model folder whose adapted linear layers changed while the
+    embeddings and norms (not adapted) are bit-identical; each stage merges its own adapters."""
+    from transformers import AutoModelForCausalLM
+
+    from still_cli.stages.rl import RLConfig, run
+
+    table = _difficulty_table(tmp_path / "difficulty.jsonl")
+    out = run(RLConfig(model=str(sft_model), data=str(RL_DATA), output=str(tmp_path / "rl"), difficulty=str(table),
+                       levels={"medium": [0.5, 0.95]},
+                       stages=[{"name": "one", "levels": ["medium"], "max_steps": 2},
+                               {"name": "two", "levels": ["medium"], "max_steps": 2}],
+                       use_peft=True, lora_r=4, lora_dropout=0.0,
+                       rewards=["signed", "length"], **{**SMALL, "learning_rate": 1e-2}))
+    assert not (out / "adapter_config.json").exists()
+    AutoModelForCausalLM.from_pretrained(out)  # loads as a plain model
+    before, after = _weights(sft_model), _weights(out)
+    assert set(before) == set(after)
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert any("q_proj" in k for k in changed) and any("mlp" in k for k in changed), changed
+    assert not [k for k in changed if "embed" in k or "norm" in k], changed  # LoRA leaves them alone
+    stage1 = _weights(out / "stages" / "1-one" / "final")  # also a plain merged model
+    assert any(not torch.equal(stage1[k], before[k]) for k in stage1)
+    assert any(not torch.equal(stage1[k], after[k]) for k in stage1)  # stage 2 trained fresh adapters
+    assert [s["stage"] for s in json.loads((out / "curriculum.json").read_text())["finished"]] == ["one", "two"]
+
+
+def test_rl_lora_with_synced_reference_is_refused(tmp_path):
+    r = run_cli("rl", "--model", "m", "--data", str(RL_DATA), "-o", str(tmp_path / "x"), "--use-peft",
+                "--sync-ref-model", "--beta", "0.01")
+    assert r.returncode != 0 and "sync_ref_model needs a separate reference model" in r.stderr

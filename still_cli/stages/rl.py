@@ -16,6 +16,11 @@ clipped ratio, zero-std share, KL, entropy; plus `event` rows at stage ends), `c
 (finished stages and why they ended), `stages/<k>-<name>/checkpoints/` and `stages/<k>-<name>/final/`.
 `--resume` continues a killed run in the stage it was in, from that stage's last checkpoint.
 
+`--use-peft`: each stage trains fresh LoRA adapters (TRL's `peft_config`; the reference model for
+`beta > 0` is the base with the adapters switched off) and merges them into the weights at its end,
+so every `final/` folder and the output are plain model folders. Verified here on CPU in one process;
+under ZeRO-3 / FSDP the merge would need gathered weights, so that combination is refused.
+
 How this departs from the papers: each stage is its own GRPOTrainer run started from the previous
 stage's final weights, so the optimizer state and LR schedule restart at a stage boundary (as when
 the paper's stages are launched as separate jobs). Dynamic sampling (DAPO, arXiv 2503.14476) here
@@ -97,6 +102,14 @@ class RLConfig:
         "help": "colocate: vLLM in the trainer processes; server: a `trl vllm-serve` process."})
     vllm_server_base_url: str | None = field(default=None, metadata={"help": "server mode: URL of trl vllm-serve."})
     vllm_gpu_memory_utilization: float = field(default=0.3, metadata={"help": "colocate: GPU memory share for vLLM."})
+    # --- LoRA (peft), as in `still sft` ---------------------------------------------------------------
+    use_peft: bool = field(default=False, metadata={
+        "help": "Train LoRA adapters (peft) instead of all weights; merged into the weights at each stage's end."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling alpha."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
+    lora_target_modules: list[str] = field(default_factory=lambda: ["all-linear"], metadata={
+        "help": "Modules to adapt; all-linear = every linear layer but the output head."})
     # --- tool-integrated reasoning (CoRT arXiv 2506.09820) ----------------------------------------
     tools: bool = field(default=False, metadata={
         "help": "TIR rollouts: run the model's ```python blocks in the sandbox; executor output is masked from the loss."})
@@ -143,6 +156,9 @@ class RLConfig:
                 f"give one weight per reward")
         require(not (self.tools and self.use_vllm), "--tools rollouts run on the transformers backend; drop "
                 "--use-vllm (TIR over vLLM generation is not supported yet)")
+        require(not (self.use_peft and self.sync_ref_model), "sync_ref_model needs a separate reference model, which "
+                "TRL does not keep with LoRA (the reference is the base with adapters off); drop one of the two")
+        require(self.lora_r > 0, f"lora_r = {self.lora_r} must be > 0")
         require(self.num_generations >= 2, f"num_generations = {self.num_generations}: GRPO needs >= 2 per group")
         gen = self.generation_batch_size or self.per_device_train_batch_size * self.gradient_accumulation_steps
         require(gen % self.num_generations == 0,
@@ -372,6 +388,10 @@ def run(c: RLConfig) -> Path:
                  stage["max_steps"])
         model = AutoModelForCausalLM.from_pretrained(state.get("model") or c.model, dtype="auto")
         trainer = _build_trainer(c, stage, k, model, tokenizer, chosen, sdir, out, state["global_step"], cuda)
+        if c.use_peft and (trainer.is_fsdp_enabled or (trainer.is_deepspeed_enabled and getattr(
+                trainer.accelerator.state.deepspeed_plugin, "zero_stage", 0) == 3)):
+            raise ConfigError("--use-peft with ZeRO-3 / FSDP is not supported by still rl: the adapters are merged "
+                              "at each stage's end, which needs whole weights; use the ddp or zero2 config")
         ckpt_step = _last_checkpoint_step(sdir / "checkpoints")
         if ckpt_step is not None:
             if dist.is_main_process:
@@ -381,7 +401,14 @@ def run(c: RLConfig) -> Path:
         with contextlib.redirect_stdout(sys.stderr):  # the Trainer prints log dicts; stdout is for results
             trainer.train(resume_from_checkpoint=True if ckpt_step is not None else None)
         final = sdir / "final"
-        trainer.save_model(str(final))  # rank 0 writes (gathers ZeRO-3 / FSDP shards first)
+        if c.use_peft:
+            # every stage trains fresh adapters on the previous stage's weights; the stage's result is a
+            # plain model folder (adapters merged), which the next stage, eval and sft load like any other
+            merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
+            if dist.is_main_process:
+                merged.save_pretrained(final)
+        else:
+            trainer.save_model(str(final))  # rank 0 writes (gathers ZeRO-3 / FSDP shards first)
         reason = trainer.still_plateau.reason if trainer.still_plateau else "max_steps"
         steps = trainer.state.global_step
         state["global_step"] += steps
@@ -451,10 +478,18 @@ def _build_trainer(c: RLConfig, stage: dict[str, Any], k: int, model: Any, token
     if plateau:
         callbacks.append(plateau)
     rollout = make_tir_rollout(c, tokenizer) if c.tools else None
+    peft_config = None
+    if c.use_peft:
+        from peft import LoraConfig
+
+        targets = c.lora_target_modules[0] if c.lora_target_modules == ["all-linear"] else c.lora_target_modules
+        peft_config = LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout,
+                                 target_modules=targets, task_type="CAUSAL_LM")
     trainer = StillGRPOTrainer(
         model=model, reward_funcs=make_reward_funcs(c.rewards, eos_ids, c.grade_timeout), args=args, rollout_func=rollout,
         train_dataset=Dataset.from_list(rows), processing_class=tokenizer, callbacks=callbacks,
-        dynamic_sampling=c.dynamic_sampling, dynamic_sampling_max_rounds=c.dynamic_sampling_max_rounds)
+        dynamic_sampling=c.dynamic_sampling, dynamic_sampling_max_rounds=c.dynamic_sampling_max_rounds,
+        peft_config=peft_config)
     trainer.still_plateau = plateau
     return trainer
 
