@@ -1,5 +1,6 @@
-"""`still rl`: GRPO changes weights, the curriculum moves on its condition and resumes after a kill,
-dynamic sampling replaces zero-std groups, and sft / rl run data-parallel under accelerate."""
+"""`still rl`: GRPO changes weights, the curriculum moves on its condition and resumes after a kill
+(full weights and LoRA), LoRA adapters are merged into plain model folders, dynamic sampling replaces
+zero-std groups, and sft / rl run data-parallel under accelerate."""
 
 import json
 import os
@@ -258,7 +259,7 @@ def test_rl_with_lora_trains_adapters_only_and_saves_a_plain_merged_model(sft_mo
                        levels={"medium": [0.5, 0.95]},
                        stages=[{"name": "one", "levels": ["medium"], "max_steps": 2},
                                {"name": "two", "levels": ["medium"], "max_steps": 2}],
-                       use_peft=True, lora_r=4, lora_dropout=0.0,
+                       use_peft=True, lora_r=4, lora_dropout=0.0, dynamic_sampling=True,  # a signal in each stage
                        rewards=["signed", "length"], **{**SMALL, "learning_rate": 1e-2}))
     assert not (out / "adapter_config.json").exists()
     AutoModelForCausalLM.from_pretrained(out)  # loads as a plain model
