@@ -444,6 +444,7 @@ def _build_trainer(c: RLConfig, stage: dict[str, Any], k: int, model: Any, token
 
     from ..sampling import render_prompt
     from .rl_trainer import MetricsCallback, PlateauCallback, StillGRPOTrainer
+    from .sft import lora_config
 
     rows = [{"prompt": render_prompt(tokenizer, p["problem"], c.prompt_template, c.system_prompt, c.prefill_think),
              "answer": str(p["answer"]), "id": p["id"]} for p in problems]
@@ -478,18 +479,11 @@ def _build_trainer(c: RLConfig, stage: dict[str, Any], k: int, model: Any, token
     if plateau:
         callbacks.append(plateau)
     rollout = make_tir_rollout(c, tokenizer) if c.tools else None
-    peft_config = None
-    if c.use_peft:
-        from peft import LoraConfig
-
-        targets = c.lora_target_modules[0] if c.lora_target_modules == ["all-linear"] else c.lora_target_modules
-        peft_config = LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout,
-                                 target_modules=targets, task_type="CAUSAL_LM")
     trainer = StillGRPOTrainer(
         model=model, reward_funcs=make_reward_funcs(c.rewards, eos_ids, c.grade_timeout), args=args, rollout_func=rollout,
         train_dataset=Dataset.from_list(rows), processing_class=tokenizer, callbacks=callbacks,
         dynamic_sampling=c.dynamic_sampling, dynamic_sampling_max_rounds=c.dynamic_sampling_max_rounds,
-        peft_config=peft_config)
+        peft_config=lora_config(c))
     trainer.still_plateau = plateau
     return trainer
 

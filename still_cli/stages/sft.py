@@ -199,6 +199,18 @@ def _trl_args(c: SFTStageConfig, ckpt_dir: Path, cuda: bool) -> dict[str, Any]:
     )
 
 
+def lora_config(c: Any) -> Any:
+    """peft's LoraConfig from a stage config's `use_peft` / `lora_*` fields (sft and rl); None without
+    `use_peft`."""
+    if not c.use_peft:
+        return None
+    from peft import LoraConfig
+
+    targets = c.lora_target_modules[0] if c.lora_target_modules == ["all-linear"] else c.lora_target_modules
+    return LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout, target_modules=targets,
+                      task_type="CAUSAL_LM")
+
+
 def _sft_trainer_class() -> type:
     """TRL's SFTTrainer, with the plain loss on CPU.
 
@@ -263,13 +275,7 @@ def run(c: SFTStageConfig) -> Path:
     # --- model ------------------------------------------------------------------------------------
     tokenizer = load_tokenizer(c.model)
     model = AutoModelForCausalLM.from_pretrained(c.model, dtype="auto")
-    peft_config = None
-    if c.use_peft:
-        from peft import LoraConfig
-
-        targets = c.lora_target_modules[0] if c.lora_target_modules == ["all-linear"] else c.lora_target_modules
-        peft_config = LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout,
-                                 target_modules=targets, task_type="CAUSAL_LM")
+    peft_config = lora_config(c)
     cuda = torch.cuda.is_available()
     from ..runtime import process_state
 
