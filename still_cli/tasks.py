@@ -66,9 +66,11 @@ def _terms(problem: str) -> list[tuple[str, int]]:
     return ops
 
 
-def teacher_trace(problem: str) -> str:
+def teacher_trace(problem: str, think: bool = True) -> str:
     """The scripted teacher's response: the problem restated, steps, a backwards check (reflection),
-    the boxed answer."""
+    the boxed answer. `think=False`: a direct answer with an empty thought (no-thinking mode)."""
+    if not think:
+        return "<think>\n</think>\n\nThe answer is \\boxed{" + str(solve(problem)) + "}."
     terms = _terms(problem)
     total = terms[0][1]
     # restate the problem first, as reasoning models do ("Okay, so I need to compute ..."); it is also

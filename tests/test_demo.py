@@ -16,6 +16,7 @@ def test_demo_quick_end_to_end(tmp_path):
         assert (out / name).exists(), name
     report = json.loads((out / "report.json").read_text())
     stages = report["stages"]
+    assert report["direct_answers"] == 0.3 and all("no_thought" in s["heldout"] for s in stages)
     first, last = stages[0], stages[-1]
     assert first["stage"] == "untrained" and first["heldout"]["accuracy"] <= 0.02
     # measured at --quick (hidden 64) alone on 2 cores: held-out 0 -> 35.8 / 22.2 / 30.8%, big 0 -> 100% with
@@ -37,5 +38,30 @@ def test_demo_quick_end_to_end(tmp_path):
     rerun = json.loads((moved / "report.json").read_text())["stages"]
     assert [(s["heldout"], s["big"]) for s in rerun] == [(s["heldout"], s["big"]) for s in stages]
     assert all(s["model"].startswith(str(moved)) for s in rerun)
+    # other settings never resume (or overwrite) this run's steps
+    other = run_cli("demo", "--quick", "--seed", "1", "-o", str(moved), timeout=120)
+    assert other.returncode == 1 and "with seed = 0, this run has 1" in other.stderr
+    assert other.stderr.count("\n") == 1 and (moved / "4-rl-staged" / "done.json").exists()
     rep = run_cli("report", str(moved))
     assert rep.returncode == 0 and "| hint-engineer + sft, eval --tools |" in rep.stdout
+
+
+def test_no_thought_share_counts_only_empty_thoughts(tmp_path):
+    from still_cli.demo import _no_thought, table_markdown, verdicts
+
+    samples = tmp_path / "samples.jsonl"
+    responses = ["<think>\n</think>\n\nThe answer is \\boxed{3}.", "<think>\n\n</think>\n\nThe answer is \\boxed{4}.",
+                 "<think>\nWe need 1 + 2.\n1 + 2 = 3\n</think>\n\nThe answer is \\boxed{3}.", "\\boxed{3}"]
+    samples.write_text("".join(json.dumps({"response": t}) + "\n" for t in responses))
+    assert _no_thought(samples) == 0.5
+    row = lambda acc, nt: {"accuracy": acc, "by_level": {"1": acc}, "mean_length": 50, "tool_calls": 0.0,
+                           **({} if nt is None else {"no_thought": nt})}
+    report = {"stages": [{"stage": "sft", "heldout": row(0.4, None), "big": row(0.0, None)},
+                         {"stage": "self-improve", "heldout": row(0.43, 0.20), "big": row(0.0, 0.0)},
+                         {"stage": "rl", "heldout": row(0.49, 0.0), "big": row(0.0, 0.0)}]}
+    table = table_markdown(report)
+    assert "| no thought % |" in table and "| sft | 40.0 | 40.0 | 50 | - |" in table
+    assert "| rl | 49.0 | 49.0 | 50 | 0.0 |" in table
+    said = verdicts(report)
+    assert said[-1] == "- rl: held-out accuracy 43.0 -> 49.0, raised; answers with no thought 20.0% -> 0.0%."
+    assert "no thought" not in said[0]

@@ -159,3 +159,28 @@ def test_still2_format_keeps_thought_and_solution_verbatim():
     assert to_format(s2, "think") == "<think>\nstep one\n\nstep two\n</think>\n\nSo \\boxed{4}."
     assert to_format("step one\n</think>\n\nSo 4", "think", prompt_prefilled_think=True).startswith("<think>\nstep one")
     assert to_format("no tags at all", "still2") == "no tags at all"
+
+
+def test_scripted_teacher_answers_the_given_share_directly_and_keeps_its_slip_pattern(tmp_path):
+    def distill(teacher: str, name: str) -> list[dict]:
+        r = run_cli("distill", "--teacher", teacher, "--backend", "scripted", "--data", str(POOL), "--n", "1",
+                    "-o", str(tmp_path / name))
+        assert r.returncode == 0, r.stderr
+        return _rows(tmp_path / name)
+
+    rows = distill("arith:0:0.3", "mixed.jsonl")
+    responses = [x["messages"][-1]["content"] for x in rows]
+    direct = [t for t in responses if t.startswith("<think>\n\n</think>")]  # as rows write an empty thought
+    assert len(responses) == 256 and 0.2 < len(direct) / len(responses) < 0.4  # 256 draws at 0.3: sd 0.03
+    # a direct answer is the empty thought and the right boxed answer, nothing else; the rest think
+    assert all(t == f"<think>\n\n</think>\n\nThe answer is \\boxed{{{x['answer']}}}." for x, t in zip(rows, responses)
+               if t in direct)
+    assert all(t.startswith("<think>\nWe need ") for t in responses if t not in direct)
+    assert all(grade(t, x["answer"]) for x, t in zip(rows, responses))
+    # a zero direct rate draws nothing: arith:RATE writes exactly what it wrote before the option existed
+    same = [[x["messages"] for x in distill(t, f"{i}.jsonl")] for i, t in enumerate(("arith:0.2:0", "arith:0.2"))]
+    assert same[0] == same[1] and len(same[0]) < 256
+    for bad in ("arith:0.1:2", "arith:0.1:x", "arith:0.1:0.3:1"):
+        r = run_cli("distill", "--teacher", bad, "--backend", "scripted", "--data", str(POOL), "-o",
+                    str(tmp_path / "bad.jsonl"))
+        assert r.returncode == 1 and r.stderr.count("\n") == 1 and bad.split(":", 1)[1] in r.stderr, r.stderr

@@ -2,7 +2,9 @@
 
 `--teacher arith` writes a correct long-form trace for every "What is 7 + 15 - 3?" prompt;
 `--teacher arith:0.2` makes an arithmetic slip in 20% of samples (seeded), so rejection sampling has
-something to reject. `--teacher arith-tools` writes tool-integrated traces: a ```python block that
+something to reject; `--teacher arith:0.1:0.3` also answers 30% of samples directly, with an empty
+thought (`<think>\n</think>` then the boxed answer, as a reasoning model's no-thinking mode does), so a
+distilled set mixes long thought with direct answers, as many real distillation sets do. `--teacher arith-tools` writes tool-integrated traces: a ```python block that
 computes the expression, and, once the executor's output is in its context, an answer read from that
 output (so it is right exactly when the sandbox ran the code). It lets `still distill` run end to end with no model and no network (tests, the
 demo); with a real teacher the same command takes `--backend openai|vllm|hf`.
@@ -25,15 +27,19 @@ class ScriptedSampler:
     chat_prompts = False
 
     def __init__(self, model: str, **_: Any):
-        name, _, rate = model.partition(":")
-        if name not in ("arith", "arith-tools"):
-            raise ConfigError(f"scripted teacher {model!r} is unknown; use arith, arith:ERROR_RATE (e.g. arith:0.2) "
-                              f"or arith-tools")
+        name, _, rates = model.partition(":")
+        if name not in ("arith", "arith-tools") or len(rates.split(":")) > 2:
+            raise ConfigError(f"scripted teacher {model!r} is unknown; use arith, arith:SLIP_RATE (e.g. arith:0.2), "
+                              f"arith:SLIP_RATE:DIRECT_RATE (e.g. arith:0.1:0.3) or arith-tools")
         self.tools = name == "arith-tools"
+        rate, _, direct = rates.partition(":")
         try:
             self.error_rate = float(rate) if rate else 0.0
+            self.direct_rate = float(direct) if direct else 0.0
         except ValueError:
-            raise ConfigError(f"scripted teacher error rate {rate!r} is not a number; e.g. arith:0.2") from None
+            raise ConfigError(f"scripted teacher rates {rates!r} are not numbers; e.g. arith:0.2 or arith:0.1:0.3") from None
+        if not (0 <= self.error_rate <= 1 and 0 <= self.direct_rate <= 1):
+            raise ConfigError(f"scripted teacher rates {rates!r} must lie in [0, 1]; e.g. arith:0.1:0.3")
 
     def generate(self, prompts: list[Any], params: SamplingParams) -> list[list[Completion]]:
         from ..tasks import teacher_trace
@@ -53,7 +59,9 @@ class ScriptedSampler:
                 if self.tools:
                     cs.append(self._tool_step(text, m.group(0)))
                     continue
-                trace = teacher_trace(m.group(0))
+                # no draw when direct_rate is 0: arith:RATE keeps the slip pattern it always had
+                direct = self.direct_rate > 0 and rng.random() < self.direct_rate
+                trace = teacher_trace(m.group(0), think=not direct)
                 if rng.random() < self.error_rate:  # a slip: the final answer is off by one
                     head, _, ans = trace.rpartition("\\boxed{")
                     trace = head + "\\boxed{" + str(int(ans.rstrip("}.")) + rng.choice((-1, 1))) + "}."
