@@ -4,10 +4,11 @@
 `--teacher arith:0.2` makes an arithmetic slip in 20% of samples (seeded), so rejection sampling has
 something to reject; `--teacher arith:0.1:0.3` also answers 30% of samples directly, with an empty
 thought (`<think>\n</think>` then the boxed answer, as a reasoning model's no-thinking mode does), so a
-distilled set mixes long thought with direct answers, as many real distillation sets do. `--teacher arith-tools` writes tool-integrated traces: a ```python block that
-computes the expression, and, once the executor's output is in its context, an answer read from that
-output (so it is right exactly when the sandbox ran the code). It lets `still distill` run end to end with no model and no network (tests, the
-demo); with a real teacher the same command takes `--backend openai|vllm|hf`.
+distilled set mixes long thought with direct answers, as many real distillation sets do.
+`--teacher arith-tools` writes tool-integrated traces: a ```python block that computes the expression,
+and, once the executor's output is in its context, an answer read from that output (so it is right
+exactly when the sandbox ran the code). It lets `still distill` run end to end with no model and no
+network (tests, the demo); with a real teacher the same command takes `--backend openai|vllm|hf`.
 """
 
 from __future__ import annotations
