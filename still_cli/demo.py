@@ -71,7 +71,7 @@ BIG_DIGITS, BIG_OP = 2, "*"
 # The scripted teacher: 10% of its answers slip (rejection sampling drops them) and `--direct-answers` (30%)
 # are direct answers with an empty thought, as in distilled sets that mix a reasoning model's thinking and
 # no-thinking modes. A model this size rarely gets a multi-step sum right without writing the steps (seed 0,
-# self-improve model: direct answers 6-22% right by level, long thought 24-82%), so which way to answer is
+# self-improve model: direct answers 6-19% right by level, long thought 23-77%), so which way to answer is
 # something RL with a verifiable reward can learn, as the papers' models learn to think longer under RL.
 # With a teacher that always thinks, no RL setting within the budget raised held-out accuracy (README). The
 # cost: fewer long traces per SFT step, and SFT sits at the point where the arithmetic "clicks" (seed 0/1/2
