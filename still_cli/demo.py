@@ -167,9 +167,11 @@ def _eval(model: str, data: str, folder: Path, name: str, tools: bool = False, b
 
 
 def _empty_thought(response: str) -> bool:
-    """A direct answer: `</think>` with nothing but whitespace (and `<think>`) before it."""
-    thought, closed, _ = response.partition("</think>")
-    return bool(closed) and not thought.replace("<think>", "").strip()
+    """A direct answer: a thought section (traces.split_thought) with nothing but whitespace in it."""
+    from .traces import split_thought
+
+    parts = split_thought(response)
+    return parts is not None and not parts[0].strip()
 
 
 def _no_thought(samples: Path) -> float:
