@@ -123,7 +123,7 @@ def test_tool_output_blocks_are_out_of_the_loss(tiny_model, tmp_path):
     from still_cli.sampling import load_tokenizer
     from still_cli.stages.sft import mask_tool_outputs
 
-    reply = ("<think>\n```python\nprint(47 * 86)\n```\n```output\n4042\n```\nThe code printed 4042.\n"
+    reply = ("<think>\n```python\nprint(47 * 86)\n```\n```output\n4042\n```\nThe output is 4042.\n"
              "```python\nprint(1 + 1)\n```\n```output\n2\n```\n</think>\n\nThe answer is \\boxed{4042}.")
     ds = Dataset.from_list([{"messages": [{"role": "user", "content": "What is 47 * 86?"},
                                           {"role": "assistant", "content": reply}]}])

@@ -89,5 +89,9 @@ class ScriptedSampler:
             return Completion(text, len(text.split()), "stop")
         shown = context.rsplit("```output\n", 1)[1].split("\n```", 1)[0].strip()
         value = shown.splitlines()[-1].strip() if shown else "unknown"
-        text = f"The code printed {value}.\n</think>\n\nThe answer is \\boxed{{{value}}}."
+        # "The output is N.", not "The code printed N.": with the old sentence the demo's seed-1 model put
+        # the right operands into code but wrote some other number after "printed" (big 0.0% with tools);
+        # with this one the same seed and steps give 100%. A likely reason: in the tiny BPE " printed"
+        # shares the token "int" with the code's "print(", " output" shares "p" "ut" with the output header
+        text = f"The output is {value}.\n</think>\n\nThe answer is \\boxed{{{value}}}."
         return Completion(text, len(text.split()), "stop")
