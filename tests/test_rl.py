@@ -207,29 +207,40 @@ def test_dynamic_sampling_replaces_zero_std_groups(sft_model, tmp_path):
     assert float(plain["advantages"].abs().sum()) == 0.0
 
 
-@pytest.mark.parametrize("stage", ["sft", "rl"])
+def _launch(args, out):
+    cfg = ROOT / "recipes" / "accelerate" / "ddp_cpu.yaml"
+    r = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(cfg),
+                        "-m", "still_cli.cli", *args, "-o", str(out)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+@pytest.mark.parametrize("stage", ["sft", "sft-length-chunks", "rl"])
 def test_runs_data_parallel_under_accelerate_launch(stage, sft_model, tmp_path):
     out = tmp_path / stage
-    cfg = ROOT / "recipes" / "accelerate" / "ddp_cpu.yaml"
-    if stage == "sft":
+    if stage.startswith("sft"):
         args = ["sft", "--model", str(sft_model), "--data", str(ROOT / "data" / "tiny" / "arith_sft.jsonl"),
                 "--max-steps", "3", "--per-device-train-batch-size", "4", "--logging-steps", "1",
                 "--learning-rate", "1e-3"]
+        if stage == "sft-length-chunks":  # gradients all-reduced once per step, after the last chunk
+            _launch(args, tmp_path / "unsplit")
+            args += ["--length-chunks", "2"]
     else:
         args = ["rl", "--model", str(sft_model), "--data", str(RL_DATA), "--max-steps", "3",
                 "--rewards", "signed,length", "--num-generations", "4", "--per-device-train-batch-size", "8",
                 "--max-completion-length", "32", "--learning-rate", "1e-4"]
-    r = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(cfg),
-                        "-m", "still_cli.cli", *args, "-o", str(out)], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
+    r = _launch(args, out)
     assert r.stdout.strip().splitlines() == [str(out)]  # one rank prints the result
     rows = [x for x in _metrics(out) if "loss" in x]
     assert rows and all(x["world_size"] == 2 for x in rows)
     # two ranks each take a per-device batch: the epoch advances twice as fast as with one process
-    per_step = (4 / 256) if stage == "sft" else (2 / 256)
+    per_step = (4 / 256) if stage.startswith("sft") else (2 / 256)
     assert rows[-1]["epoch"] == pytest.approx(rows[-1]["step"] * 2 * per_step)
     before, after = _weights(sft_model), _weights(out)
     assert any(not torch.equal(before[k], after[k]) for k in before)
+    if stage == "sft-length-chunks":  # the same update as the unsplit batches, on both ranks' data
+        unsplit = _weights(tmp_path / "unsplit")
+        assert all(torch.allclose(unsplit[k], after[k], rtol=1e-3, atol=1e-5) for k in before)
 
 
 def test_rl_with_tools_runs_code_and_masks_executor_output(tool_model, tmp_path):

@@ -152,16 +152,21 @@ def test_sft_on_tool_traces_masks_their_outputs(tiny_model, tmp_path, caplog):
     assert "12 tool output blocks taken out of the loss" in caplog.text
 
 
-def test_group_by_length_cuts_padding_and_still_trains(tiny_model, tmp_path, monkeypatch):
-    import trl
-
-    rows = tmp_path / "mixed.jsonl"  # half the rows short, half ~10x longer: random batches mix them
+def _mixed_rows(path):
+    """Half the rows short, half ~10x longer: random batches mix them."""
     short = [{"messages": [{"role": "user", "content": f"What is {a} + 1?"},
                            {"role": "assistant", "content": f"\\boxed{{{a + 1}}}"}]} for a in range(32)]
     long = [{"messages": [{"role": "user", "content": f"What is {a} + 2?"},
                           {"role": "assistant", "content": "Let me add step by step. " * 12 + f"\\boxed{{{a + 2}}}"}]}
             for a in range(32)]
-    rows.write_text("".join(json.dumps(r) + "\n" for pair in zip(short, long) for r in pair))
+    path.write_text("".join(json.dumps(r) + "\n" for pair in zip(short, long) for r in pair))
+    return path
+
+
+def _record_steps(monkeypatch):
+    """(padded size, real tokens) of every forward + backward: a length chunk, or the whole batch."""
+    import trl
+
     seen = []
     original = trl.SFTTrainer.training_step
 
@@ -170,6 +175,12 @@ def test_group_by_length_cuts_padding_and_still_trains(tiny_model, tmp_path, mon
         return original(self, model, inputs, *a, **kw)
 
     monkeypatch.setattr(trl.SFTTrainer, "training_step", recording)
+    return seen
+
+
+def test_group_by_length_cuts_padding_and_still_trains(tiny_model, tmp_path, monkeypatch):
+    rows = _mixed_rows(tmp_path / "mixed.jsonl")
+    seen = _record_steps(monkeypatch)
     padded = {}
     for grouped in (False, True):
         seen.clear()
@@ -180,6 +191,34 @@ def test_group_by_length_cuts_padding_and_still_trains(tiny_model, tmp_path, mon
     assert _changed(_weights(tiny_model), _weights(out))
     with pytest.raises(ConfigError, match="group_by_length"):
         _cfg(tiny_model, rows, tmp_path / "x", group_by_length=True, packing=True)
+
+
+def test_length_chunks_cut_padding_and_train_as_the_whole_batch(tiny_model, tmp_path, monkeypatch):
+    rows = _mixed_rows(tmp_path / "mixed.jsonl")
+    seen = _record_steps(monkeypatch)
+    padded, real, outs = {}, {}, {}
+    for k in (1, 4):
+        seen.clear()
+        outs[k] = run(_cfg(tiny_model, rows, tmp_path / f"k{k}", length_chunks=k, max_steps=6, logging_steps=2))
+        assert len(seen) == 6 * k
+        padded[k], real[k] = sum(n - r for n, r in seen), sum(r for _, r in seen)
+    assert real[4] == real[1]  # the same rows in every step
+    assert padded[4] < 0.5 * padded[1], padded
+    # the same loss and updates as the unsplit batch (up to float summation order)
+    for a, b in zip(_losses(outs[1]), _losses(outs[4])):
+        assert a == pytest.approx(b, rel=1e-4)
+    w1, w4 = _weights(outs[1]), _weights(outs[4])
+    assert _changed(_weights(tiny_model), w4)
+    assert all(torch.allclose(w1[k], w4[k], rtol=1e-3, atol=1e-5) for k in w1)
+    metrics = [json.loads(x) for x in (outs[4] / "metrics.jsonl").read_text().splitlines()]
+    ref = [json.loads(x) for x in (outs[1] / "metrics.jsonl").read_text().splitlines()]
+    for a, b in zip(ref, metrics):  # one token-weighted accuracy per step, as without chunks
+        if "mean_token_accuracy" in a:
+            assert a["mean_token_accuracy"] == pytest.approx(b["mean_token_accuracy"], abs=1e-3)
+    for bad, match in (({"length_chunks": 0}, "length_chunks = 0"), ({"length_chunks": 2, "packing": True}, "packed"),
+                       ({"length_chunks": 2, "method": "dpo"}, "dpo pairs")):
+        with pytest.raises(ConfigError, match=match):
+            _cfg(tiny_model, rows, tmp_path / "x", **bad)
 
 
 @pytest.mark.parametrize("packing", [False, True])

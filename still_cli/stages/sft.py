@@ -56,6 +56,11 @@ class SFTStageConfig:
         "help": "Batch rows of similar length together (transformers' LengthGroupedSampler): less padding, "
                 "faster steps, but batches are far less mixed. On the demo's arithmetic traces (lr 3e-3): 15% "
                 "less time per step and 6.0% held-out instead of 75.8%; compare before relying on it."})
+    length_chunks: int = field(default=1, metadata={
+        "help": "Split each micro-batch into N chunks of rows of similar length, each padded only to its own "
+                "longest row, with one forward + backward per chunk: the same rows per optimizer step and the "
+                "same loss (the batch's token mean), less padding. Demo SFT, 32 rows of 35-128 tokens: 4 chunks "
+                "take ~25% less time per step on CPU; 1 = off."})
     mask_tool_outputs: bool = field(default=True, metadata={
         "help": "No loss on sandbox output blocks (```output ... ```) in responses: the model learns to call "
                 "code and read its result, not to predict it (as rl --tools masks them with env_mask)."})
@@ -94,6 +99,10 @@ class SFTStageConfig:
         require(not (self.group_by_length and self.method == "dpo"),
                 "group_by_length applies to sft only (dpo rows are pairs); drop --group-by-length for dpo")
         require(self.max_steps > 0 or self.num_train_epochs > 0, "give max_steps > 0 or num_train_epochs > 0")
+        require(self.length_chunks >= 1, f"length_chunks = {self.length_chunks} must be >= 1 (1 = off)")
+        require(self.length_chunks == 1 or (self.method == "sft" and not self.packing),
+                "length_chunks cuts the padding of sft batches; packed (padding-free) rows and dpo pairs have "
+                "none to cut: drop --length-chunks")
 
 
 def _to_examples(rows: list[dict[str, Any]], c: SFTStageConfig, source: str) -> list[dict[str, Any]]:
@@ -211,8 +220,8 @@ def lora_config(c: Any) -> Any:
                       task_type="CAUSAL_LM")
 
 
-def _sft_trainer_class() -> type:
-    """TRL's SFTTrainer, with the plain loss on CPU.
+def _sft_trainer_class(length_chunks: int = 1) -> type:
+    """TRL's SFTTrainer, with the plain loss on CPU and `length_chunks` (see training_step).
 
     TRL computes the SFT loss through its fused LM head (`add_fused_lm_head`: per-token log-probs in
     vocabulary tiles, never the full logits). On GPUs that is a Triton kernel and saves memory; on CPU it
@@ -253,6 +262,38 @@ def _sft_trainer_class() -> type:
                 self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
             return outputs.loss
 
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            """`length_chunks` > 1: the micro-batch in chunks of rows of similar length (none of the libraries
+            splits a batch this way; transformers' group_by_length changes which rows share a step instead).
+            Each chunk's loss is its share of the whole batch's token mean (sum / the batch's label count),
+            so the summed gradients are the unsplit batch's."""
+            att = inputs.get("attention_mask")
+            if self.length_chunks <= 1 or att is None or "labels" not in inputs or att.size(0) < 2:
+                return super().training_step(model, inputs, num_items_in_batch)
+            if num_items_in_batch is None:
+                num_items_in_batch = int((inputs["labels"][:, 1:] != -100).sum())
+            order = att.sum(1).argsort(stable=True)
+            chunks = [rows for rows in order.tensor_split(min(self.length_chunks, att.size(0)))]
+            metrics = self._metrics["train"]
+            start = {key: len(metrics[key]) for key in ("entropy", "mean_token_accuracy")}
+            weights, loss = [], 0.0
+            for i, rows in enumerate(chunks):
+                cols = att[rows].any(0)  # the chunk's own width: columns where any of its rows has a token
+                chunk = {k: v[rows][:, cols] if torch.is_tensor(v) and v.shape[:2] == att.shape
+                         else v[rows] if torch.is_tensor(v) and v.dim() and v.size(0) == att.size(0) else v
+                         for k, v in inputs.items()}
+                weights.append(int((chunk["labels"][:, 1:] != -100).sum()))
+                # data parallel: gradients are all-reduced once, after the last chunk
+                sync = i == len(chunks) - 1 or self.accelerator.num_processes == 1
+                with contextlib.nullcontext() if sync else self.accelerator.no_sync(model):
+                    loss = loss + super().training_step(model, chunk, num_items_in_batch)
+            for key, n in start.items():  # one token-weighted value per step, as an unsplit batch logs
+                values = metrics[key][n:]
+                if len(values) == len(weights) and sum(weights):
+                    metrics[key][n:] = [sum(v * w for v, w in zip(values, weights)) / sum(weights)]
+            return loss
+
+    CPUFriendlySFTTrainer.length_chunks = length_chunks
     return CPUFriendlySFTTrainer
 
 
@@ -293,8 +334,14 @@ def run(c: SFTStageConfig) -> Path:
 
         args = SFTConfig(**_trl_args(c, ckpt_dir, cuda), packing=c.packing,
                          assistant_only_loss="messages" in dataset.column_names)
-        trainer = _sft_trainer_class()(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                             peft_config=peft_config)
+        trainer = _sft_trainer_class(c.length_chunks)(model=model, args=args, train_dataset=dataset,
+                                                      processing_class=tokenizer, peft_config=peft_config)
+        if c.length_chunks > 1 and trainer.accelerator.distributed_type == "DEEPSPEED":
+            from ..errors import ConfigError
+
+            # DeepSpeed's engine steps the optimizer inside every backward: it would step once per chunk
+            raise ConfigError(f"length_chunks = {c.length_chunks} does not work under DeepSpeed (its engine steps "
+                              f"on every backward); drop --length-chunks or use --gradient-accumulation-steps")
         if c.mask_tool_outputs and any(OUTPUT_OPEN in _texts(e) for e in examples):
             trainer.train_dataset = mask_tool_outputs(trainer.train_dataset, tokenizer)
     # the Trainer prints its log dicts on stdout; stdout is for results (pipelines), so send them to stderr
