@@ -30,7 +30,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,9 +167,20 @@ def _eval(model: str, data: str, folder: Path, name: str, tools: bool = False, b
                          batch_size=GEN_BATCH_TOOLS if tools else GEN_BATCH, tools=tools,
                          max_tool_calls=3, tool_timeout=5.0))
     (r,) = res.values()
+    samples = folder / name / "samples.jsonl"
     return {"accuracy": r["pass@1"], "by_level": {k: v["pass@1"] for k, v in r.get("by_level", {}).items()},
             "mean_length": r["mean_length"], "tool_calls": r.get("tool_calls", 0.0),
-            "no_thought": _no_thought(folder / name / "samples.jsonl")}
+            "no_thought": _no_thought(samples), "per_problem": _per_problem(samples)}
+
+
+def _per_problem(samples: Path) -> dict[str, float]:
+    """Each problem's mean correctness over its samples: what a paired comparison of two stages needs."""
+    hits: dict[str, list[bool]] = {}
+    for x in samples.read_text().splitlines():
+        if x.strip():
+            row = json.loads(x)
+            hits.setdefault(str(row["id"]), []).append(bool(row["correct"]))
+    return {k: round(sum(v) / len(v), 4) for k, v in hits.items()}
 
 
 def _empty_thought(response: str) -> bool:
@@ -366,19 +379,43 @@ def verdicts(report: dict[str, Any]) -> list[str]:
     n_test = report.get("heldout_size")
     out = []
     for prev, cur in zip(names, names[1:]):
-        delta = acc(cur) - acc(prev)
-        word = "raised" if delta > 0.02 else "lowered" if delta < -0.02 else "did not change (within ±2 points)"
+        paired = _paired(st[prev]["heldout"], st[cur]["heldout"])
+        if paired:  # a change counts when it is 2 standard errors of the paired difference or more
+            word = _paired_words(*paired, "raised", "lowered", "no change beyond noise")
+        else:  # reports written before per-problem results were kept
+            delta = acc(cur) - acc(prev)
+            word = ("raised" if delta > 0.02 else "lowered" if delta < -0.02 else "did not change (within ±2 points)") \
+                + (f" ({n_test} problems)" if n_test else "")
         nt = [st[n]["heldout"].get("no_thought") for n in (prev, cur)]
         moved = None not in nt and abs(nt[1] - nt[0]) > 0.02
         out.append(f"- {cur}: held-out accuracy {100 * acc(prev):.1f} -> {100 * acc(cur):.1f}, {word}"
-                   + (f" ({n_test} problems)" if n_test else "")
                    + (f"; answers with no thought {100 * nt[0]:.1f}% -> {100 * nt[1]:.1f}%" if moved else "") + ".")
     last = st[names[-1]]
     if "big_no_tools" in last:
         w, wo = last["big"]["accuracy"], last["big_no_tools"]["accuracy"]
-        out.append(f"- tools on big problems: {100 * wo:.1f} without the sandbox -> {100 * w:.1f} with it"
-                   + (" (tools help)." if w > wo + 0.02 else " (no gain shown)."))
+        paired = _paired(last["big_no_tools"], last["big"])
+        word = (_paired_words(*paired, "tools help", "tools hurt", "no gain shown") if paired
+                else "tools help" if w > wo + 0.02 else "no gain shown")
+        out.append(f"- tools on big problems: {100 * wo:.1f} without the sandbox -> {100 * w:.1f} with it, {word}.")
     return out
+
+
+def _paired(prev: dict[str, Any], cur: dict[str, Any]) -> tuple[float, float, int] | None:
+    """Two stages' accuracy difference on the same held-out problems and its standard error (per-problem
+    differences, so problem difficulty cancels out; as in Miller 2024, "Adding Error Bars to Evals")."""
+    a, b = prev.get("per_problem"), cur.get("per_problem")
+    ids = [k for k in (a or {}) if k in (b or {})]
+    if len(ids) < 2:
+        return None
+    diffs = [b[k] - a[k] for k in ids]
+    return statistics.fmean(diffs), statistics.stdev(diffs) / math.sqrt(len(diffs)), len(diffs)
+
+
+def _paired_words(d: float, se: float, n: int, up: str, down: str, neither: str) -> str:
+    spread = f"{round(100 * d, 1) + 0.0:+.1f} ± {100 * se:.1f} points paired over {n} problems"  # no "-0.0"
+    if d != 0 and abs(d) >= 2 * se:
+        return f"{up if d > 0 else down} ({spread}" + (f", {abs(d) / se:.1f} standard errors)" if se else ")")
+    return f"{neither} ({spread}, under 2 standard errors)"
 
 
 def write_report(out: Path, report: dict[str, Any]) -> None:

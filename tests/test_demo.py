@@ -65,3 +65,32 @@ def test_no_thought_share_counts_only_empty_thoughts(tmp_path):
     said = verdicts(report)
     assert said[-1] == "- rl: held-out accuracy 43.0 -> 49.0, raised; answers with no thought 20.0% -> 0.0%."
     assert "no thought" not in said[0]
+
+
+def test_verdicts_use_the_paired_standard_error_over_problems():
+    """A change counts when the per-problem differences put it 2 standard errors from zero (hand-computed:
+    10 of 100 problems gained -> +10.0 +- 3.0 points, 3.3 SE; 2 gained and 1 lost -> +1.0 +- 1.7)."""
+    from still_cli.demo import verdicts
+
+    base = {f"p{i}": float(i % 2) for i in range(100)}
+    zeros = [k for k, v in base.items() if v == 0]
+    gained = {**base, **{k: 1.0 for k in zeros[:10]}}
+    mixed = {**gained, **{k: 1.0 for k in zeros[10:12]}, "p1": 0.0}
+
+    def row(pp):
+        return {"accuracy": sum(pp.values()) / len(pp), "by_level": {}, "mean_length": 50, "tool_calls": 0.0,
+                "per_problem": pp}
+
+    big = {f"b{i}": 0.0 for i in range(20)}
+    report = {"stages": [{"stage": "sft", "heldout": row(base), "big": row(big)},
+                         {"stage": "self-improve", "heldout": row(gained), "big": row(big)},
+                         {"stage": "rl", "heldout": row(mixed), "big": row({**big, "b0": 1.0}),
+                          "big_no_tools": row(big)}]}
+    said = verdicts(report)
+    assert said[0] == ("- self-improve: held-out accuracy 50.0 -> 60.0, raised (+10.0 ± 3.0 points paired over 100 "
+                       "problems, 3.3 standard errors).")
+    assert said[1] == ("- rl: held-out accuracy 60.0 -> 61.0, no change beyond noise (+1.0 ± 1.7 points paired over "
+                       "100 problems, under 2 standard errors).")
+    # 1 of 20 big problems gained: +5.0 +- 5.0, 1.0 SE
+    assert said[2] == ("- tools on big problems: 0.0 without the sandbox -> 5.0 with it, no gain shown (+5.0 ± 5.0 "
+                       "points paired over 20 problems, under 2 standard errors).")

@@ -59,8 +59,8 @@ class SFTStageConfig:
     length_chunks: int = field(default=1, metadata={
         "help": "Split each micro-batch into N chunks of rows of similar length, each padded only to its own "
                 "longest row, with one forward + backward per chunk: the same rows per optimizer step and the "
-                "same loss (the batch's token mean), less padding. Demo SFT, 32 rows of 35-128 tokens: 4 chunks "
-                "take ~25% less time per step on CPU; 1 = off."})
+                "same loss (the batch's token mean), less padding. Demo SFT, 32 rows of 35-128 tokens, 100 steps "
+                "on CPU: 21.7 s with 4 chunks instead of 27.5 s; 1 = off."})
     mask_tool_outputs: bool = field(default=True, metadata={
         "help": "No loss on sandbox output blocks (```output ... ```) in responses: the model learns to call "
                 "code and read its result, not to predict it (as rl --tools masks them with env_mask)."})
