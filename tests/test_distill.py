@@ -2,6 +2,7 @@
 never written, kill -9 + resume with exact row sets, `-o -` into `still sft --data -`."""
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -101,7 +102,9 @@ def test_kill9_and_resume_gives_exactly_the_uninterrupted_rows(tmp_path):
             f.write('{"id": "arith-rl-1-79", "messa')
         r = subprocess.run(cmd(out), capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
-        assert f"resuming: {n_before} of 80 problems already finished" in r.stderr
+        # the kill may land between a problem's rows and its ledger line: its whole rows then count as done
+        resumed = re.search(r"resuming: (\d+) of 80 problems already finished", r.stderr)
+        assert resumed and n_before <= int(resumed[1]) <= n_before + 1, r.stderr[-2000:]
     finally:
         server.kill()
     key = lambda r: (r["id"], r["sample_idx"], r["messages"][-1]["content"])  # noqa: E731
