@@ -273,7 +273,7 @@ def _sft_trainer_class(length_chunks: int = 1) -> type:
             if num_items_in_batch is None:
                 num_items_in_batch = int((inputs["labels"][:, 1:] != -100).sum())
             order = att.sum(1).argsort(stable=True)
-            chunks = [rows for rows in order.tensor_split(min(self.length_chunks, att.size(0)))]
+            chunks = list(order.tensor_split(min(self.length_chunks, att.size(0))))
             metrics = self._metrics["train"]
             start = {key: len(metrics[key]) for key in ("entropy", "mean_token_accuracy")}
             weights, loss = [], 0.0
@@ -340,6 +340,7 @@ def run(c: SFTStageConfig) -> Path:
             from ..errors import ConfigError
 
             # DeepSpeed's engine steps the optimizer inside every backward: it would step once per chunk
+            # (a guard only: DeepSpeed does not run on these CPU machines)
             raise ConfigError(f"length_chunks = {c.length_chunks} does not work under DeepSpeed (its engine steps "
                               f"on every backward); drop --length-chunks or use --gradient-accumulation-steps")
         if c.mask_tool_outputs and any(OUTPUT_OPEN in _texts(e) for e in examples):
