@@ -160,6 +160,8 @@ GEN_BATCH, GEN_BATCH_TOOLS = 256, 128
 
 def _eval(model: str, data: str, folder: Path, name: str, tools: bool = False, backend: str = "hf",
           seed: int = 0, n: int = EVAL_SAMPLES) -> dict[str, Any]:
+    from .data import read_rows
+    from .metrics import per_problem_accuracy
     from .stages.eval import EvalConfig, run
 
     res = run(EvalConfig(benchmarks=[data], model=model, backend=backend, output=str(folder / name), n=n,
@@ -168,20 +170,12 @@ def _eval(model: str, data: str, folder: Path, name: str, tools: bool = False, b
                          batch_size=GEN_BATCH_TOOLS if tools else GEN_BATCH, tools=tools,
                          max_tool_calls=3, tool_timeout=5.0))
     (r,) = res.values()
-    samples = folder / name / "samples.jsonl"
+    samples = read_rows(folder / name / "samples.jsonl")
+    # per-problem correctness: what the report's paired comparison of two stages needs
+    per_problem = {k: round(v, 4) for k, v in per_problem_accuracy(samples).items()}
     return {"accuracy": r["pass@1"], "by_level": {k: v["pass@1"] for k, v in r.get("by_level", {}).items()},
             "mean_length": r["mean_length"], "tool_calls": r.get("tool_calls", 0.0),
-            "no_thought": _no_thought(samples), "per_problem": _per_problem(samples)}
-
-
-def _per_problem(samples: Path) -> dict[str, float]:
-    """Each problem's mean correctness over its samples: what a paired comparison of two stages needs."""
-    hits: dict[str, list[bool]] = {}
-    for x in samples.read_text().splitlines():
-        if x.strip():
-            row = json.loads(x)
-            hits.setdefault(str(row["id"]), []).append(bool(row["correct"]))
-    return {k: round(sum(v) / len(v), 4) for k, v in hits.items()}
+            "no_thought": _no_thought(samples), "per_problem": per_problem}
 
 
 def _empty_thought(response: str) -> bool:
@@ -192,10 +186,9 @@ def _empty_thought(response: str) -> bool:
     return parts is not None and not parts[0].strip()
 
 
-def _no_thought(samples: Path) -> float:
-    """Share of an eval's responses that answer directly, with an empty thought."""
-    rows = [json.loads(x) for x in samples.read_text().splitlines() if x.strip()]
-    return sum(_empty_thought(r["response"]) for r in rows) / max(len(rows), 1)
+def _no_thought(samples: list[dict[str, Any]]) -> float:
+    """Share of an eval's responses (its samples.jsonl rows) that answer directly, with an empty thought."""
+    return sum(_empty_thought(r["response"]) for r in samples) / max(len(samples), 1)
 
 
 def _evals(model: str, d: dict[str, str], folder: Path, tools: bool = False, seed: int = 0,

@@ -50,6 +50,14 @@ def maj_at_k(samples: list[dict[str, Any]], k: int) -> float:
     return 1.0 if winner[0]["correct"] else 0.0
 
 
+def per_problem_accuracy(samples: list[dict[str, Any]]) -> dict[str, float]:
+    """Each problem's mean correctness over its samples (pass@1 of one problem), by id."""
+    by_id: dict[str, list[bool]] = defaultdict(list)
+    for s in samples:
+        by_id[s["id"]].append(bool(s["correct"]))
+    return {pid: sum(c) / len(c) for pid, c in by_id.items()}
+
+
 def summarize(samples: list[dict[str, Any]], *, pass_k: list[int] = (), maj_k: list[int] = (),
               group_by: tuple[str, ...] = ("level", "subject")) -> dict[str, Any]:
     """Metrics of one benchmark: pass@1 = mean correctness over the n samples of each problem, then
@@ -59,7 +67,7 @@ def summarize(samples: list[dict[str, Any]], *, pass_k: list[int] = (), maj_k: l
         by_id[s["id"]].append(s)
     if not by_id:
         return {"problems": 0, "samples": 0}
-    per_problem = {pid: sum(s["correct"] for s in ss) / len(ss) for pid, ss in by_id.items()}
+    per_problem = per_problem_accuracy(samples)
     lengths = [s["num_tokens"] for s in samples]
     out: dict[str, Any] = {
         "problems": len(by_id),

@@ -47,13 +47,14 @@ def test_demo_quick_end_to_end(tmp_path):
 
 
 def test_no_thought_share_counts_only_empty_thoughts(tmp_path):
+    from still_cli.data import read_rows
     from still_cli.demo import _no_thought, table_markdown, verdicts
 
     samples = tmp_path / "samples.jsonl"
     responses = ["<think>\n</think>\n\nThe answer is \\boxed{3}.", "<think>\n\n</think>\n\nThe answer is \\boxed{4}.",
                  "<think>\nWe need 1 + 2.\n1 + 2 = 3\n</think>\n\nThe answer is \\boxed{3}.", "\\boxed{3}"]
     samples.write_text("".join(json.dumps({"response": t}) + "\n" for t in responses))
-    assert _no_thought(samples) == 0.5
+    assert _no_thought(read_rows(samples)) == 0.5
     row = lambda acc, nt: {"accuracy": acc, "by_level": {"1": acc}, "mean_length": 50, "tool_calls": 0.0,
                            **({} if nt is None else {"no_thought": nt})}
     report = {"stages": [{"stage": "sft", "heldout": row(0.4, None), "big": row(0.0, None)},
