@@ -50,7 +50,7 @@ class DemoConfig:
     seed: int = field(default=0, metadata={"help": "Seed for data, model init and sampling."})
     direct_answers: float = field(default=0.3, metadata={
         "help": "Share of the scripted teacher's answers given directly, with an empty thought (0 = it always thinks: "
-                "RL then has no behaviour to select and leaves accuracy flat, see README)."})
+                "RL then has no behaviour to select and leaves accuracy flat, see docs/demo-notes.md)."})
 
     def __post_init__(self):
         from .config import require
@@ -75,10 +75,13 @@ BIG_DIGITS, BIG_OP = 2, "*"
 # no-thinking modes. A model this size rarely gets a multi-step sum right without writing the steps (seed 0,
 # self-improve model: direct answers 6-19% right by level, long thought 23-77%), so which way to answer is
 # something RL with a verifiable reward can learn, as the papers' models learn to think longer under RL.
-# With a teacher that always thinks, no RL setting within the budget raised held-out accuracy (README; this
-# code at seeds 0/1/2: RL -0.1 / +1.0 / -0.2). The cost: fewer long traces per SFT step, and SFT sits at the
-# point where the arithmetic "clicks" (seed 0/1/2 distill + sft: 83.4 / 37.5 / 68.8% with 0 direct answers,
-# 37.9 / 40.2 / 47.8% with 30%; 20% at seed 1: 29.2%, and RL there -1.3).
+# With a teacher that always thinks, no RL setting within the budget raised held-out accuracy
+# (docs/demo-notes.md; at seeds 0/1/2: RL -0.1 / +1.0 / -0.2). The cost: fewer long traces per SFT step,
+# and SFT sits at the point where the arithmetic "clicks" (seed 0/1/2 distill + sft: 83.4 / 37.5 / 68.8%
+# with 0 direct answers, 37.9 / 40.2 / 47.8% with 30%; 20% at seed 1: 29.2%, and RL there -1.3). These
+# numbers, and the others in this file's comments unless they say otherwise, were measured with the earlier
+# design (4x MLP, unsplit SFT batches, 100 self-improve steps; docs/demo-notes.md); the settings they chose
+# were kept.
 SLIP_RATE = 0.1
 
 
@@ -94,12 +97,23 @@ class Plan:
     rl_steps: tuple[int, int]
     tool_steps: int
     plain_in_tool_mix: int
-    hidden_size: int = 128  # the tiny model's width (init-model's default); MLP width = 4x
+    hidden_size: int = 128  # the tiny model's width (init-model's default)
+    mlp_ratio: int = 4  # MLP width = mlp_ratio x hidden_size
+    # sft's length_chunks for the distill and self-improve SFT (the same gradient, less padding). The tool
+    # SFT runs unsplit: its rows are of one length (76-147 tokens) and gained nothing from chunks
+    sft_chunks: int = 1
 
 
 PLANS = {
+    # default: hidden 128 with a 3x MLP, the two plain SFTs in length-sorted chunks, 200 self-improve steps.
+    # Measured alone on 2 cores, seeds 0 / 1 / 2 / 3 (held-out %, sft -> self-improve -> rl -> tools, big
+    # with tools): 56.3 -> 60.6 -> 69.3 -> 73.5, 100; 30.7 -> 39.4 -> 40.7 -> 49.8, 97; 75.2 -> 77.7 -> 90.9
+    # -> 94.3, 100; 32.9 -> 39.4 -> 43.1 -> 51.2, 100; 9.2-10.5 min. The earlier design (4x MLP, unsplit batches, 100 self-improve steps)
+    # took 10.7-11.8 min; a 2x MLP (8.1-8.7 min) left seed 1 short of the point where the arithmetic
+    # "clicks" (distill + sft 7.7%, 11.9% at lr 5e-3; 3x: 30.7%); docs/demo-notes.md has the rest
     False: Plan(train=3000, test=400, big_test=100, big_train=2400, sft_steps=900, explore_problems=400,
-                self_improve_steps=100, rl_steps=(15, 15), tool_steps=600, plain_in_tool_mix=2400),
+                self_improve_steps=200, rl_steps=(15, 15), tool_steps=600, plain_in_tool_mix=2400, mlp_ratio=3,
+                sft_chunks=4),
     # --quick: a narrower model (hidden 64). Measured alone on 2 cores with the default teacher, seeds 0-4:
     # 3.7-4.2 min, final held-out 39.7 / 52.2 / 50.0 / 44.2 / 55.2%, big 0 -> 100% with tools on all five; RL's
     # 6 + 6 steps move nothing at this size. 700 tool steps: with 500, seed 1 reached big 48.9% (held-out 15.3%)
@@ -151,11 +165,6 @@ MAX_TOKENS, MAX_TOKENS_TOOLS = 128, 160
 # that runs code holds a sandbox session, and 256 at once is slower (big problems with tools, 100 x 4, all
 # running code: 11.2 s at 64, 12.2 s at 128, 18.2 s at 256; held-out: 20.3, 16.7, 15.4 s)
 GEN_BATCH, GEN_BATCH_TOOLS = 256, 128
-# SFT here runs unsplit batches. With sft's length_chunks 4 (the same rows and loss per step, ~25% less
-# padding) the whole demo took 9.4-9.5 min instead of 10.9-11.8, but the float rounding of the chunks
-# re-rolls where 900 steps land: seeds 0 / 1 gave distill + sft 36.5 / 25.0 (unsplit: 37.9 / 40.2) and
-# self-improve +1.5 / +0.8 (under 2 standard errors), RL +0.4 / +3.5. Kept unsplit, the tables in the README
-# stay what the demo prints
 
 
 def _eval(model: str, data: str, folder: Path, name: str, tools: bool = False, backend: str = "hf",
@@ -236,7 +245,7 @@ def run(c: DemoConfig) -> dict[str, Any]:
     # 1. a random-init model
     def s_init(f: Path):
         model = init_model(InitModelConfig(output=str(f / "model"), hidden_size=plan.hidden_size,
-                                           intermediate_size=4 * plan.hidden_size, seed=s))
+                                           intermediate_size=plan.mlp_ratio * plan.hidden_size, seed=s))
         # one sample per problem: a random-init model never finishes an answer, and several x 128 tokens of
         # noise per problem cost a minute on 2 cores (pass@1 is still estimated without bias)
         return {"model": str(model), **_evals(str(model), d, f, seed=s, n=1)}
@@ -250,7 +259,7 @@ def run(c: DemoConfig) -> dict[str, Any]:
         model = sft(SFTStageConfig(model=r["model"], data=str(f / "distilled.jsonl"), output=str(f / "model"),
                                    max_steps=plan.sft_steps, learning_rate=3e-3, lr_scheduler_type="cosine",
                                    warmup_steps=20, per_device_train_batch_size=32, max_length=160,
-                                   save_steps=10_000, logging_steps=25, seed=s))
+                                   save_steps=10_000, logging_steps=25, seed=s, length_chunks=plan.sft_chunks))
         return {"model": str(model), "distilled": str(f / "distilled.jsonl"), **_evals(str(model), d, f, seed=s)}
     r_sft = _step(out, "2-distill-sft", s_sft)
     stages.append(("distill + sft", r_sft))
@@ -266,7 +275,8 @@ def run(c: DemoConfig) -> dict[str, Any]:
         model = sft(SFTStageConfig(model=r_sft["model"], data=str(f / "explore" / "merged.jsonl"),
                                    output=str(f / "model"), max_steps=plan.self_improve_steps, learning_rate=3e-4,
                                    lr_scheduler_type="cosine", warmup_steps=10, per_device_train_batch_size=32,
-                                   max_length=256, save_steps=10_000, logging_steps=25, seed=s))
+                                   max_length=256, save_steps=10_000, logging_steps=25, seed=s,
+                                   length_chunks=plan.sft_chunks))
         summary = json.loads((f / "explore" / "summary.json").read_text())
         return {"model": str(model), "difficulty": str(f / "explore" / "difficulty.jsonl"),
                 "explore": {k: summary[k] for k in ("mean_pass_rate", "solved_never", "solved_always", "sft_rows",
@@ -296,11 +306,12 @@ def run(c: DemoConfig) -> dict[str, Any]:
             model=r_self["model"], data=d["train"], output=str(f / "rl"), difficulty=r_self["difficulty"],
             prompt_template=PROMPT, levels=levels, stages=plan_stages,
             # lr, measured on self-improve models of this teacher (held-out pass@1, % of answers with no thought):
-            # seed 0 (an earlier one, 42.9 / 20.1%): 2e-6 -> 44.4 / 17.8, 1e-5 -> 45.6 / 11.2, 3e-5 -> 49.3 / 0,
+            # (earlier design) seed 0 (an earlier one, 42.9 / 20.1%): 2e-6 -> 44.4 / 17.8, 1e-5 -> 45.6 / 11.2,
+            # 3e-5 -> 49.3 / 0,
             # 1e-4 -> 31.2 / 0 (the arithmetic damaged: L1 67 -> 53). Seeds 0 / 1 / 2 (41.2 / 42.8 / 50.0):
             # 2e-5 -> 46.9 / 46.3 / 54.3; 3e-5 -> 49.0 / 51.3 / 50.9 (seed 2: L3 43 -> 36); beta 0.04 at 3e-5,
             # seed 2 -> 51.0. 2e-5 is the lr that raised it on every seed. With the always-thinking teacher,
-            # 20+ settings were flat or worse (README)
+            # 20+ settings were flat or worse (docs/demo-notes.md)
             rewards=["accuracy"], loss_type="grpo", num_generations=8, per_device_train_batch_size=64,
             temperature=1.0, max_completion_length=MAX_TOKENS, learning_rate=2e-5, warmup_steps=3, beta=0.0,
             save_steps=10_000, logging_steps=1, seed=s))
