@@ -109,8 +109,9 @@ PLANS = {
     # Measured alone on 2 cores, seeds 0-4 (held-out %, sft -> self-improve -> rl -> tools, big with tools):
     # 56.3 -> 60.6 -> 69.3 -> 73.5, 100; 30.7 -> 39.4 -> 40.7 -> 49.8, 97; 75.2 -> 77.7 -> 90.9 -> 94.3,
     # 100; 32.9 -> 39.4 -> 43.1 -> 51.2, 100; 29.4 -> 36.2 -> 39.8 -> 47.3, 100; 9.2-10.6 min. The earlier
-    # design (4x MLP, unsplit batches, 100 self-improve steps) took 10.7-11.8 min; a 2x MLP (8.1-8.7 min) left seed 1 short of the point where the arithmetic
-    # "clicks" (distill + sft 7.7%, 11.9% at lr 5e-3; 3x: 30.7%); docs/demo-notes.md has the rest
+    # design (4x MLP, unsplit batches, 100 self-improve steps) took 10.7-11.8 min; a 2x MLP (8.1-8.7 min)
+    # left seed 1 short of the point where the arithmetic "clicks" (distill + sft 7.7%, 11.9% at lr 5e-3;
+    # 3x: 30.7%); docs/demo-notes.md has the rest
     False: Plan(train=3000, test=400, big_test=100, big_train=2400, sft_steps=900, explore_problems=400,
                 self_improve_steps=200, rl_steps=(15, 15), tool_steps=600, plain_in_tool_mix=2400, mlp_ratio=3,
                 sft_chunks=4),
