@@ -181,8 +181,9 @@ def _eval(model: str, data: str, folder: Path, name: str, tools: bool = False, b
                          max_tool_calls=3, tool_timeout=5.0))
     (r,) = res.values()
     samples = read_rows(folder / name / "samples.jsonl")
-    # per-problem correctness: what the report's paired comparison of two stages needs
-    per_problem = {k: round(v, 4) for k, v in per_problem_accuracy(samples).items()}
+    # per-problem correctness: what the report's paired comparison of two stages needs. Ids as strings, as
+    # done.json gives them back on a resume, so a resumed stage pairs with a fresh one
+    per_problem = {str(k): round(v, 4) for k, v in per_problem_accuracy(samples).items()}
     return {"accuracy": r["pass@1"], "by_level": {k: v["pass@1"] for k, v in r.get("by_level", {}).items()},
             "mean_length": r["mean_length"], "tool_calls": r.get("tool_calls", 0.0),
             "no_thought": _no_thought(samples), "per_problem": per_problem}
