@@ -178,6 +178,36 @@ def _record_steps(monkeypatch):
     return seen
 
 
+def test_gradient_checkpointing_recomputes_layers_and_trains_the_same(tiny_model, sft_rows, tmp_path, monkeypatch):
+    """--gradient-checkpointing reaches the trainer under the installed transformers' name (no deprecation
+    warning): each decoder layer runs its forward again in the backward pass, and the losses equal an
+    unchecked run's (the same computation, recomputed)."""
+    import warnings
+
+    from transformers.models.qwen2 import modeling_qwen2
+
+    # counted inside the layers (their MLPs): transformers checkpoints the decoder layer's own forward
+    calls = []
+    forward = modeling_qwen2.Qwen2MLP.forward
+
+    def counted(self, *a, **k):
+        calls.append(1)
+        return forward(self, *a, **k)
+
+    monkeypatch.setattr(modeling_qwen2.Qwen2MLP, "forward", counted)
+    runs = {}
+    for on in (False, True):
+        calls.clear()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out = run(_cfg(tiny_model, sft_rows, tmp_path / f"gc{on}", gradient_checkpointing=on, max_steps=4,
+                           logging_steps=1))
+        assert not [w for w in caught if "`gradient_checkpointing` is deprecated" in str(w.message)]
+        runs[on] = (len(calls), _losses(out))
+    assert runs[False][0] > 0 and runs[True][0] == 2 * runs[False][0], runs  # forward again in backward
+    assert runs[True][1] == pytest.approx(runs[False][1], rel=1e-4)
+
+
 def test_group_by_length_cuts_padding_and_still_trains(tiny_model, tmp_path, monkeypatch):
     rows = _mixed_rows(tmp_path / "mixed.jsonl")
     seen = _record_steps(monkeypatch)

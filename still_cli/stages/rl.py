@@ -444,7 +444,7 @@ def _build_trainer(c: RLConfig, stage: dict[str, Any], k: int, model: Any, token
 
     from ..sampling import render_prompt
     from .rl_trainer import MetricsCallback, PlateauCallback, StillGRPOTrainer
-    from .sft import lora_config
+    from .sft import checkpointing_arg, lora_config
 
     rows = [{"prompt": render_prompt(tokenizer, p["problem"], c.prompt_template, c.system_prompt, c.prefill_think),
              "answer": str(p["answer"]), "id": p["id"]} for p in problems]
@@ -456,7 +456,7 @@ def _build_trainer(c: RLConfig, stage: dict[str, Any], k: int, model: Any, token
         optim=c.optim, adam_epsilon=c.adam_epsilon, max_grad_norm=c.max_grad_norm,
         per_device_train_batch_size=c.per_device_train_batch_size,
         gradient_accumulation_steps=c.gradient_accumulation_steps, generation_batch_size=c.generation_batch_size,
-        gradient_checkpointing=c.gradient_checkpointing, bf16=bf16, use_cpu=not cuda, seed=c.seed, data_seed=c.seed,
+        **checkpointing_arg(c.gradient_checkpointing), bf16=bf16, use_cpu=not cuda, seed=c.seed, data_seed=c.seed,
         save_strategy="steps", save_steps=c.save_steps, save_total_limit=c.save_total_limit,
         logging_steps=c.logging_steps, report_to=c.report_to, disable_tqdm=False,
         num_generations=c.num_generations, temperature=get("temperature"), top_p=c.top_p,

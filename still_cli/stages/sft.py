@@ -200,12 +200,24 @@ def _trl_args(c: SFTStageConfig, ckpt_dir: Path, cuda: bool) -> dict[str, Any]:
         output_dir=str(ckpt_dir), num_train_epochs=c.num_train_epochs, max_steps=c.max_steps,
         learning_rate=c.learning_rate, lr_scheduler_type=c.lr_scheduler_type, warmup_steps=c.warmup_steps,
         weight_decay=c.weight_decay, per_device_train_batch_size=c.per_device_train_batch_size,
-        gradient_accumulation_steps=c.gradient_accumulation_steps, gradient_checkpointing=c.gradient_checkpointing,
+        gradient_accumulation_steps=c.gradient_accumulation_steps, **checkpointing_arg(c.gradient_checkpointing),
         bf16=bf16, use_cpu=not cuda, save_strategy="steps", save_steps=c.save_steps,
         save_total_limit=c.save_total_limit, logging_steps=c.logging_steps, seed=c.seed, data_seed=c.seed,
         report_to=c.report_to, max_length=c.max_length, disable_tqdm=False,
         train_sampling_strategy="group_by_length" if c.group_by_length else "random",
     )
+
+
+def checkpointing_arg(on: bool) -> dict[str, bool]:
+    """The TrainingArguments switch for activation (gradient) checkpointing, under the name the installed
+    transformers has: `activation_checkpointing` in the newer 5.x (where `gradient_checkpointing` is a
+    deprecated alias that warns on every run and goes in v6), `gradient_checkpointing` before it (the vLLM
+    extra resolves to an older 5.x). Trainers still read `args.gradient_checkpointing`: transformers
+    mirrors it."""
+    from transformers import TrainingArguments
+
+    fields = TrainingArguments.__dataclass_fields__
+    return {"activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing": on}
 
 
 def lora_config(c: Any) -> Any:
