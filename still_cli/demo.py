@@ -217,8 +217,8 @@ def run(c: DemoConfig) -> dict[str, Any]:
     from .stages.distill import DistillConfig, run as distill
     from .stages.explore import ExploreConfig, run as explore
     from .stages.hint_engineer import HintEngineerConfig, run as hint_engineer
-    from .stages.rl import RLConfig, run as rl
-    from .stages.sft import SFTStageConfig, run as sft
+    from .stages.rl import RLConfig, has_run, run as rl
+    from .stages.sft import SFTStageConfig, has_checkpoints, run as sft
     from .tiny_model import InitModelConfig, init_model
 
     plan = PLANS[c.quick]
@@ -258,10 +258,13 @@ def run(c: DemoConfig) -> dict[str, Any]:
     def s_sft(f: Path):
         distill(DistillConfig(teacher=f"arith:{SLIP_RATE}:{c.direct_answers}", backend="scripted", data=d["train"],
                               n=1, prompt_template=PROMPT, output=str(f / "distilled.jsonl"), seed=s))
+        # resume=: a step killed after its training checkpointed (e.g. in its evals) continues from there; the
+        # other stages resume on their own (distill, explore, hint-engineer and eval append per problem)
         model = sft(SFTStageConfig(model=r["model"], data=str(f / "distilled.jsonl"), output=str(f / "model"),
                                    max_steps=plan.sft_steps, learning_rate=3e-3, lr_scheduler_type="cosine",
                                    warmup_steps=20, per_device_train_batch_size=32, max_length=160,
-                                   save_steps=10_000, logging_steps=25, seed=s, length_chunks=plan.sft_chunks))
+                                   save_steps=10_000, logging_steps=25, seed=s, length_chunks=plan.sft_chunks,
+                                   resume=has_checkpoints(f / "model")))
         return {"model": str(model), "distilled": str(f / "distilled.jsonl"), **_evals(str(model), d, f, seed=s)}
     r_sft = _step(out, "2-distill-sft", s_sft)
     stages.append(("distill + sft", r_sft))
@@ -278,7 +281,7 @@ def run(c: DemoConfig) -> dict[str, Any]:
                                    output=str(f / "model"), max_steps=plan.self_improve_steps, learning_rate=3e-4,
                                    lr_scheduler_type="cosine", warmup_steps=10, per_device_train_batch_size=32,
                                    max_length=256, save_steps=10_000, logging_steps=25, seed=s,
-                                   length_chunks=plan.sft_chunks))
+                                   length_chunks=plan.sft_chunks, resume=has_checkpoints(f / "model")))
         summary = json.loads((f / "explore" / "summary.json").read_text())
         return {"model": str(model), "difficulty": str(f / "explore" / "difficulty.jsonl"),
                 "explore": {k: summary[k] for k in ("mean_pass_rate", "solved_never", "solved_always", "sft_rows",
@@ -316,7 +319,7 @@ def run(c: DemoConfig) -> dict[str, Any]:
             # 20+ settings were flat or worse (docs/demo-notes.md)
             rewards=["accuracy"], loss_type="grpo", num_generations=8, per_device_train_batch_size=64,
             temperature=1.0, max_completion_length=MAX_TOKENS, learning_rate=2e-5, warmup_steps=3, beta=0.0,
-            save_steps=10_000, logging_steps=1, seed=s))
+            save_steps=10_000, logging_steps=1, seed=s, resume=has_run(f / "rl")))
         return {"model": str(model), "levels": {"medium": medium, "hard": hard}, **_evals(str(model), d, f, seed=s)}
     r_rl = _step(out, "4-rl-staged", s_rl)
     stages.append(("rl (staged)", r_rl))
@@ -347,7 +350,7 @@ def run(c: DemoConfig) -> dict[str, Any]:
         model = sft(SFTStageConfig(model=r_rl["model"], data=mix, output=str(f / "model"), max_steps=plan.tool_steps,
                                    learning_rate=2e-3, lr_scheduler_type="cosine", warmup_steps=20,
                                    per_device_train_batch_size=32, max_length=256, save_steps=10_000,
-                                   logging_steps=25, seed=s))
+                                   logging_steps=25, seed=s, resume=has_checkpoints(f / "model")))
         return {"model": str(model), **_evals(str(model), d, f, tools=True, seed=s)}
     r_tools = _step(out, "5-hint-engineer-sft-tools", s_tools)
     stages.append(("hint-engineer + sft, eval --tools", r_tools))

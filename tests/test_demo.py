@@ -1,6 +1,6 @@
 """`still demo --quick` end to end: the report exists, the final model is far above the untrained one,
 tools beat no tools on the big-number problems, and a rerun (of the moved run folder) resumes instead
-of redoing."""
+of redoing, also after a kill that left steps without their done.json."""
 
 import json
 import time
@@ -28,6 +28,15 @@ def test_demo_quick_end_to_end(tmp_path):
     # every stage's outputs and configs are kept
     assert (out / "2-distill-sft" / "distilled.config.yaml").exists()
     assert (out / "4-rl-staged" / "done.json").exists()
+    # a run killed in a step's evals (its training checkpointed, no done.json yet) continues that step from
+    # the checkpoint instead of refusing the folder (sft and rl refuse earlier runs without --resume)
+    for step in ("4-rl-staged", "5-hint-engineer-sft-tools"):
+        (out / step / "done.json").unlink()
+    killed = run_cli("demo", "--quick", "-o", str(out), timeout=600)
+    assert killed.returncode == 0, killed.stderr[-2000:]
+    assert killed.stderr.count("already done, skipping") == 3
+    resumed = json.loads((out / "report.json").read_text())["stages"]
+    assert [(s["heldout"], s["big"]) for s in resumed] == [(s["heldout"], s["big"]) for s in stages]
     # a rerun skips the finished stages, also when the run folder was moved (paths are kept relative)
     moved = out.rename(tmp_path / "moved")
     t = time.perf_counter()

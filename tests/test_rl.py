@@ -80,6 +80,38 @@ def test_optimizer_settings_reach_the_trainer(sft_model, tmp_path):
     assert isinstance(built["adamw_torch"], torch.optim.AdamW) and built["adamw_torch"].defaults["eps"] == 1e-3
 
 
+def test_resume_after_a_kill_at_the_stage_end_neither_adds_nor_repeats_steps(sft_model, tmp_path):
+    """Killed after a stage's last step but before the stage end was recorded: --resume restores the
+    checkpoint at max_steps (no step 4), and without that checkpoint trains the stage again from its start
+    with each step logged once."""
+    import shutil
+
+    from still_cli.stages.rl import RLConfig, run
+
+    cfg = dict(model=str(sft_model), data=str(RL_DATA), output=str(tmp_path / "rl"), max_steps=3,
+               rewards=["accuracy"], **{**SMALL, "save_steps": 100})
+    out = run(RLConfig(**cfg))
+    assert [r["step"] for r in _metrics(out) if "event" not in r] == [1, 2, 3]
+    finished = _weights(out)
+    sdir = next((out / "stages").iterdir())
+    for keep_checkpoint in (True, False):
+        # what the kill leaves: the stage's logged rows and folder, no stage end, no final model
+        for p in (out / "curriculum.json", out / "model.safetensors"):
+            p.unlink()
+        shutil.rmtree(sdir / "final")
+        if not keep_checkpoint:
+            shutil.rmtree(sdir / "checkpoints")
+        rows = [r for r in _metrics(out) if r.get("event") != "stage_end"]
+        (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        run(RLConfig(**cfg, resume=True))
+        assert [r["step"] for r in _metrics(out) if "event" not in r] == [1, 2, 3]
+        assert [r["event"] for r in _metrics(out) if "event" in r] == ["stage_end"]
+        assert json.loads((out / "curriculum.json").read_text())["global_step"] == 3
+        if keep_checkpoint:
+            assert not (sdir / "checkpoints" / "checkpoint-4").exists()
+            assert all(torch.equal(finished[k], v) for k, v in _weights(out).items())
+
+
 def _rl_cmd(model: Path, out: Path, table: Path) -> list[str]:
     stages = ('[{name: mid, levels: [medium], max_steps: 4, plateau_window: 1, plateau_min_delta: 100},'
               ' {name: hard, levels: [hard], max_steps: 6, max_completion_length: 64}]')
@@ -110,9 +142,12 @@ def test_curriculum_moves_on_and_resumes_in_stage_two_after_kill9(lora, sft_mode
     assert [s["stage"] for s in state["finished"]] == ["mid"]
     assert state["finished"][0]["end"].startswith("plateau") and state["finished"][0]["steps"] == 2
     assert not (out / "model.safetensors").exists()
-    # rerun: refuses without --resume, then continues in stage 2 from its checkpoint
+    # rerun: refuses without --resume, then continues in stage 2 from its checkpoint, also when the run
+    # folder was moved (the finished stage's model is kept relative to it)
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert again.returncode == 1 and "--resume" in again.stderr
+    moved = out.rename(tmp_path / "moved")
+    cmd, out = [str(moved) if a == str(out) else a for a in cmd], moved
     done = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "resuming stage 'hard' from checkpoint-" in done.stderr

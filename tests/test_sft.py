@@ -86,6 +86,19 @@ def test_resume_continues_from_checkpoint_with_same_data_order(tiny_model, sft_r
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a), "resumed run diverged from the uninterrupted one"
 
 
+def test_resume_from_the_final_checkpoint_restores_it_without_another_step(tiny_model, sft_rows, tmp_path):
+    """A kill after the last checkpoint (step = max_steps) but before the model was saved: --resume gives
+    the finished run's weights and metrics; transformers' Trainer, resumed there, would train step 17."""
+    full = run(_cfg(tiny_model, sft_rows, tmp_path / "a", seed=3))
+    crashed = tmp_path / "b"
+    shutil.copytree(full / "checkpoints", crashed / "checkpoints")
+    resumed = run(_cfg(tiny_model, sft_rows, crashed, seed=3, resume=True))
+    assert sorted(p.name for p in (resumed / "checkpoints").glob("checkpoint-*")) == ["checkpoint-16", "checkpoint-8"]
+    assert _losses(resumed) == _losses(full) and len(_losses(full)) == 4
+    a, b = _weights(full), _weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_resume_guards(tiny_model, sft_rows, tmp_path):
     with pytest.raises(ConfigError, match="holds no checkpoint"):
         run(_cfg(tiny_model, sft_rows, tmp_path / "x", resume=True))

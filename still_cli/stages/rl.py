@@ -30,11 +30,9 @@ rounds, then trains on what it has (DAPO keeps sampling until the batch is full)
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -255,9 +253,21 @@ def _state_path(out: Path) -> Path:
     return out / "curriculum.json"
 
 
+def has_run(output: str | Path) -> bool:
+    """Whether an rl output folder holds an earlier run (what `--resume` continues)."""
+    out = Path(output)
+    return _state_path(out).exists() or (out / "stages").is_dir()
+
+
 def _load_state(out: Path) -> dict[str, Any]:
     p = _state_path(out)
     return json.loads(p.read_text()) if p.exists() else {"finished": [], "global_step": 0}
+
+
+def _state_model(out: Path, state: dict[str, Any]) -> str | None:
+    """The model the finished stages left. Kept relative to the run folder, so a moved or copied folder
+    still resumes (state files of earlier versions hold absolute paths, which the join leaves as they are)."""
+    return str(out / state["model"]) if state.get("model") else None
 
 
 def _save_state(out: Path, state: dict[str, Any]) -> None:
@@ -353,10 +363,11 @@ def run(c: RLConfig) -> Path:
     from ..errors import ConfigError, DataError
     from ..runtime import process_state
     from ..sampling import load_tokenizer
+    from .sft import train_or_restore
 
     out = Path(c.output)
     dist = process_state()  # one process, or each rank under `accelerate launch`
-    started = _state_path(out).exists() or (out / "stages").is_dir()
+    started = has_run(out)
     if started and not c.resume:
         raise ConfigError(f"{out} holds an earlier rl run; add --resume to continue it, or choose a new -o")
     if c.resume and not started:
@@ -386,20 +397,19 @@ def run(c: RLConfig) -> Path:
         chosen = per_stage[k]
         log.info("stage %d/%d %r: %d problems, up to %d steps", k + 1, len(stages), stage["name"], len(chosen),
                  stage["max_steps"])
-        model = AutoModelForCausalLM.from_pretrained(state.get("model") or c.model, dtype="auto")
+        model = AutoModelForCausalLM.from_pretrained(_state_model(out, state) or c.model, dtype="auto")
         trainer = _build_trainer(c, stage, k, model, tokenizer, chosen, sdir, out, state["global_step"], cuda)
         if c.use_peft and (trainer.is_fsdp_enabled or (trainer.is_deepspeed_enabled and getattr(
                 trainer.accelerator.state.deepspeed_plugin, "zero_stage", 0) == 3)):
             raise ConfigError("--use-peft with ZeRO-3 / FSDP is not supported by still rl: the adapters are merged "
                               "at each stage's end, which needs whole weights; use the ddp or zero2 config")
         ckpt_step = _last_checkpoint_step(sdir / "checkpoints")
+        if dist.is_main_process:  # the steps after the checkpoint (all, without one) run again: drop their old rows
+            _trim_metrics(out / "metrics.jsonl", stage["name"], ckpt_step or 0)
         if ckpt_step is not None:
-            if dist.is_main_process:
-                _trim_metrics(out / "metrics.jsonl", stage["name"], ckpt_step)
             log.info("resuming stage %r from checkpoint-%d", stage["name"], ckpt_step)
         dist.wait_for_everyone()
-        with contextlib.redirect_stdout(sys.stderr):  # the Trainer prints log dicts; stdout is for results
-            trainer.train(resume_from_checkpoint=True if ckpt_step is not None else None)
+        train_or_restore(trainer, ckpt_step is not None)
         final = sdir / "final"
         if c.use_peft:
             # every stage trains fresh adapters on the previous stage's weights; the stage's result is a
@@ -414,7 +424,7 @@ def run(c: RLConfig) -> Path:
         state["global_step"] += steps
         state["finished"].append({"stage": stage["name"], "steps": steps, "end": reason, "problems": len(chosen),
                                   "global_step": state["global_step"]})
-        state["model"] = str(final)
+        state["model"] = os.path.relpath(final, out)
         if dist.is_main_process:
             tokenizer.save_pretrained(final)
             _append_metrics(out, {"event": "stage_end", "stage": stage["name"], "stage_index": k + 1, "end": reason,
@@ -424,7 +434,7 @@ def run(c: RLConfig) -> Path:
         del trainer, model
         dist.wait_for_everyone()
     if dist.is_main_process:
-        AutoModelForCausalLM.from_pretrained(state["model"], dtype="auto").save_pretrained(out)
+        AutoModelForCausalLM.from_pretrained(_state_model(out, state), dtype="auto").save_pretrained(out)
         tokenizer.save_pretrained(out)
     return out
 

@@ -182,10 +182,16 @@ def mask_tool_outputs(dataset: Any, tokenizer: Any) -> Any:
     return dataset
 
 
+def has_checkpoints(output: str | Path) -> bool:
+    """Whether an sft output folder holds checkpoints of an earlier run (what `--resume` continues)."""
+    ckpt_dir = Path(output) / "checkpoints"
+    return ckpt_dir.is_dir() and any(p.name.startswith("checkpoint-") for p in ckpt_dir.iterdir())
+
+
 def _checkpoint_state(ckpt_dir: Path, resume: bool) -> bool:
     from ..errors import ConfigError
 
-    has = ckpt_dir.is_dir() and any(p.name.startswith("checkpoint-") for p in ckpt_dir.iterdir())
+    has = has_checkpoints(ckpt_dir.parent)
     if resume and not has:
         raise ConfigError(f"--resume given but {ckpt_dir} holds no checkpoint; run without --resume")
     if not resume and has:
@@ -218,6 +224,25 @@ def checkpointing_arg(on: bool) -> dict[str, bool]:
 
     fields = TrainingArguments.__dataclass_fields__
     return {"activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing": on}
+
+
+def train_or_restore(trainer: Any, resume: bool) -> None:
+    """`trainer.train()`, from the last checkpoint in `args.output_dir` when `resume`. A checkpoint at
+    max_steps (the training had finished and the kill came after it) is restored instead: resumed from
+    there, transformers' Trainer (5.24) runs one step past max_steps (tests/test_sft.py checks it does not)."""
+    from transformers.trainer_callback import TrainerState
+    from transformers.trainer_utils import get_last_checkpoint
+
+    ckpt = get_last_checkpoint(trainer.args.output_dir) if resume else None
+    if ckpt is not None:
+        state = TrainerState.load_from_json(str(Path(ckpt) / "trainer_state.json"))
+        if 0 < trainer.args.max_steps <= state.global_step:
+            trainer._load_from_checkpoint(ckpt)  # the Trainer's own loader (full weights or adapters)
+            trainer.state = state
+            return
+    # the Trainer prints its log dicts on stdout; stdout is for results (pipelines), so send them to stderr
+    with contextlib.redirect_stdout(sys.stderr):
+        trainer.train(resume_from_checkpoint=ckpt)
 
 
 def lora_config(c: Any) -> Any:
@@ -357,9 +382,7 @@ def run(c: SFTStageConfig) -> Path:
                               f"on every backward); drop --length-chunks or use --gradient-accumulation-steps")
         if c.mask_tool_outputs and any(OUTPUT_OPEN in _texts(e) for e in examples):
             trainer.train_dataset = mask_tool_outputs(trainer.train_dataset, tokenizer)
-    # the Trainer prints its log dicts on stdout; stdout is for results (pipelines), so send them to stderr
-    with contextlib.redirect_stdout(sys.stderr):
-        trainer.train(resume_from_checkpoint=True if resuming else None)
+    train_or_restore(trainer, resuming)
     # --- save (rank 0 only under `accelerate launch`) -------------------------------------------
     final = trainer.model
     if c.use_peft and c.merge_lora:
