@@ -80,19 +80,24 @@ def test_optimizer_settings_reach_the_trainer(sft_model, tmp_path):
     assert isinstance(built["adamw_torch"], torch.optim.AdamW) and built["adamw_torch"].defaults["eps"] == 1e-3
 
 
-def test_resume_after_a_kill_at_the_stage_end_neither_adds_nor_repeats_steps(sft_model, tmp_path):
+@pytest.mark.parametrize("end", ["max_steps", "plateau"])
+def test_resume_after_a_kill_at_the_stage_end_neither_adds_nor_repeats_steps(end, sft_model, tmp_path):
     """Killed after a stage's last step but before the stage end was recorded: --resume restores the
-    checkpoint at max_steps (no step 4), and without that checkpoint trains the stage again from its start
-    with each step logged once."""
+    checkpoint the stage ended on (at max_steps, or where the reward plateaued; no step past it), and
+    without that checkpoint trains the stage again from its start with each step logged once."""
     import shutil
 
     from still_cli.stages.rl import RLConfig, run
 
-    cfg = dict(model=str(sft_model), data=str(RL_DATA), output=str(tmp_path / "rl"), max_steps=3,
+    steps = [1, 2, 3] if end == "max_steps" else [1, 2]  # window 1, min_delta 100: a plateau at step 2
+    stage = {"name": "all", "levels": [], "max_steps": 3} if end == "max_steps" else \
+        {"name": "all", "levels": [], "max_steps": 4, "plateau_window": 1, "plateau_min_delta": 100}
+    cfg = dict(model=str(sft_model), data=str(RL_DATA), output=str(tmp_path / "rl"), stages=[stage],
                rewards=["accuracy"], **{**SMALL, "save_steps": 100})
     out = run(RLConfig(**cfg))
-    assert [r["step"] for r in _metrics(out) if "event" not in r] == [1, 2, 3]
-    finished = _weights(out)
+    assert [r["step"] for r in _metrics(out) if "event" not in r] == steps
+    finished, first = _weights(out), json.loads((out / "curriculum.json").read_text())["finished"]
+    assert first[0]["end"].startswith(end) and first[0]["steps"] == len(steps)
     sdir = next((out / "stages").iterdir())
     for keep_checkpoint in (True, False):
         # what the kill leaves: the stage's logged rows and folder, no stage end, no final model
@@ -104,11 +109,13 @@ def test_resume_after_a_kill_at_the_stage_end_neither_adds_nor_repeats_steps(sft
         rows = [r for r in _metrics(out) if r.get("event") != "stage_end"]
         (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         run(RLConfig(**cfg, resume=True))
-        assert [r["step"] for r in _metrics(out) if "event" not in r] == [1, 2, 3]
+        assert [r["step"] for r in _metrics(out) if "event" not in r] == steps
         assert [r["event"] for r in _metrics(out) if "event" in r] == ["stage_end"]
-        assert json.loads((out / "curriculum.json").read_text())["global_step"] == 3
+        state = json.loads((out / "curriculum.json").read_text())
+        assert state["global_step"] == len(steps) and state["finished"][0]["end"].startswith(end)
         if keep_checkpoint:
-            assert not (sdir / "checkpoints" / "checkpoint-4").exists()
+            assert not (sdir / "checkpoints" / f"checkpoint-{len(steps) + 1}").exists()
+            assert state["finished"] == first  # the same end, reason and all
             assert all(torch.equal(finished[k], v) for k, v in _weights(out).items())
 
 

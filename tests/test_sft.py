@@ -1,3 +1,4 @@
+import itertools
 import json
 import shutil
 
@@ -105,6 +106,29 @@ def test_resume_guards(tiny_model, sft_rows, tmp_path):
     (tmp_path / "y" / "checkpoints" / "checkpoint-4").mkdir(parents=True)
     with pytest.raises(ConfigError, match="add --resume"):
         run(_cfg(tiny_model, sft_rows, tmp_path / "y"))
+
+
+def test_scheduler_kwargs_reach_the_schedule(tiny_model, sft_rows, tmp_path):
+    """warmup_stable_decay with its own argument: warm-up, a flat peak, then the decay over the last steps."""
+    out = run(_cfg(tiny_model, sft_rows, tmp_path / "wsd", max_steps=12, logging_steps=1, warmup_steps=2,
+                   lr_scheduler_type="warmup_stable_decay", lr_scheduler_kwargs={"num_decay_steps": 4}))
+    lrs = [r["learning_rate"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+           if "learning_rate" in r]
+    assert len(lrs) == 12 and lrs[0] < 1e-3
+    assert lrs[2:8] == [pytest.approx(1e-3)] * 6  # stable: steps 3-8 at the peak
+    assert all(a > b for a, b in itertools.pairwise(lrs[8:])) and lrs[-1] < 2e-4  # decay over the last 4
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--lr-scheduler-type", "wsd"], "lr_scheduler_type 'wsd' is unknown; use one of"),
+    (["--lr-scheduler-type", "warmup_stable_decay"], "needs lr_scheduler_kwargs num_decay_steps"),
+    (["-o", "lr_scheduler_kwargs={num_decay_steps: 4}"], "num_decay_steps is not an argument of cosine"),
+])
+def test_bad_scheduler_settings_fail_before_loading(tiny_model, sft_rows, tmp_path, args, message):
+    r = run_cli("sft", "--model", str(tmp_path / "absent"), "--data", str(sft_rows), "--max-steps", "4",
+                "-o", str(tmp_path / "out"), *args)
+    assert r.returncode != 0 and message in r.stderr
+    assert not (tmp_path / "out" / "checkpoints").exists()
 
 
 def test_rows_without_targets_fail_with_line(tiny_model, tmp_path):

@@ -82,7 +82,9 @@ class RLConfig:
     ref_model_sync_steps: int = field(default=512, metadata={"help": "Steps between reference refreshes."})
     ref_model_mixup_alpha: float = field(default=0.6, metadata={"help": "ref = a * policy + (1 - a) * ref at refresh."})
     learning_rate: float = field(default=1e-6, metadata={"help": "Peak learning rate."})
-    lr_scheduler_type: str = field(default="constant", metadata={"help": "transformers scheduler name."})
+    lr_scheduler_type: str = field(default="constant", metadata={"help": "transformers scheduler name (per stage)."})
+    lr_scheduler_kwargs: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "The scheduler's own arguments, e.g. {num_decay_steps: 20} for warmup_stable_decay."})
     warmup_steps: int = field(default=0, metadata={"help": "Linear warm-up steps (per stage)."})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
     optim: str = field(default="adamw_torch", metadata={"help": "transformers optimizer name (adamw_torch, sgd, ...)."})
@@ -363,7 +365,7 @@ def run(c: RLConfig) -> Path:
     from ..errors import ConfigError, DataError
     from ..runtime import process_state
     from ..sampling import load_tokenizer
-    from .sft import train_or_restore
+    from .sft import scheduler_args, train_or_restore
 
     out = Path(c.output)
     dist = process_state()  # one process, or each rank under `accelerate launch`
@@ -372,6 +374,7 @@ def run(c: RLConfig) -> Path:
         raise ConfigError(f"{out} holds an earlier rl run; add --resume to continue it, or choose a new -o")
     if c.resume and not started:
         raise ConfigError(f"--resume given but {out} holds no rl run; run without --resume")
+    scheduler_args(c.lr_scheduler_type, c.lr_scheduler_kwargs)  # a wrong one fails here, before loading
     problems = read_problems(c.data, problem_field=c.problem_field, answer_field=c.answer_field, id_field=c.id_field)
     tokenizer = load_tokenizer(c.model)
     stages = c.stage_list()
@@ -409,7 +412,8 @@ def run(c: RLConfig) -> Path:
         if ckpt_step is not None:
             log.info("resuming stage %r from checkpoint-%d", stage["name"], ckpt_step)
         dist.wait_for_everyone()
-        train_or_restore(trainer, ckpt_step is not None)
+        if train_or_restore(trainer, ckpt_step is not None) and trainer.still_plateau:
+            trainer.still_plateau.restored(trainer.state.global_step)  # why the restored stage ended
         final = sdir / "final"
         if c.use_peft:
             # every stage trains fresh adapters on the previous stage's weights; the stage's result is a
@@ -454,7 +458,7 @@ def _build_trainer(c: RLConfig, stage: dict[str, Any], k: int, model: Any, token
 
     from ..sampling import render_prompt
     from .rl_trainer import MetricsCallback, PlateauCallback, StillGRPOTrainer
-    from .sft import checkpointing_arg, lora_config
+    from .sft import checkpointing_arg, lora_config, scheduler_args
 
     rows = [{"prompt": render_prompt(tokenizer, p["problem"], c.prompt_template, c.system_prompt, c.prefill_think),
              "answer": str(p["answer"]), "id": p["id"]} for p in problems]
@@ -462,7 +466,8 @@ def _build_trainer(c: RLConfig, stage: dict[str, Any], k: int, model: Any, token
     bf16 = c.bf16 if c.bf16 is not None else bool(cuda and torch.cuda.is_bf16_supported())
     args = GRPOConfig(
         output_dir=str(sdir / "checkpoints"), max_steps=stage["max_steps"], learning_rate=get("learning_rate"),
-        lr_scheduler_type=c.lr_scheduler_type, warmup_steps=c.warmup_steps, weight_decay=c.weight_decay,
+        **scheduler_args(c.lr_scheduler_type, c.lr_scheduler_kwargs), warmup_steps=c.warmup_steps,
+        weight_decay=c.weight_decay,
         optim=c.optim, adam_epsilon=c.adam_epsilon, max_grad_norm=c.max_grad_norm,
         per_device_train_batch_size=c.per_device_train_batch_size,
         gradient_accumulation_steps=c.gradient_accumulation_steps, generation_batch_size=c.generation_batch_size,

@@ -148,15 +148,26 @@ class PlateauCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kw):
         self.history = self._load(state.global_step)
 
-    def on_log(self, args, state, control, logs=None, **kw):
-        if not logs or "reward" not in logs:
-            return
-        self.history.append(float(logs["reward"]))
+    def restored(self, step: int) -> None:
+        """The stage was restored from its final checkpoint (sft.train_or_restore) instead of trained: the
+        reason it ended, from the rewards logged up to that step."""
+        self.history = self._load(step)
+        self._check()
+
+    def _check(self) -> bool:
         w = self.window
         if len(self.history) >= 2 * w:
             recent = sum(self.history[-w:]) / w
             before = sum(self.history[-2 * w:-w]) / w
             if recent - before < self.min_delta:
                 self.reason = f"plateau (reward {before:.3f} -> {recent:.3f} over {w} steps)"
-                control.should_training_stop = True
-                control.should_save = True
+                return True
+        return False
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        if not logs or "reward" not in logs:
+            return
+        self.history.append(float(logs["reward"]))
+        if self._check():
+            control.should_training_stop = True
+            control.should_save = True

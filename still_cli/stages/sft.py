@@ -67,7 +67,9 @@ class SFTStageConfig:
     num_train_epochs: float = field(default=3.0, metadata={"help": "Passes over the data (ignored when max_steps > 0)."})
     max_steps: int = field(default=-1, metadata={"help": "Total optimizer steps; -1 = from epochs."})
     learning_rate: float = field(default=1e-5, metadata={"help": "Peak learning rate."})
-    lr_scheduler_type: str = field(default="cosine", metadata={"help": "transformers scheduler name (cosine, linear, constant_with_warmup, ...)."})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "transformers scheduler name (cosine, linear, constant_with_warmup, warmup_stable_decay, ...)."})
+    lr_scheduler_kwargs: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "The scheduler's own arguments, e.g. {num_decay_steps: 80} for warmup_stable_decay (WSD)."})
     warmup_steps: int = field(default=0, metadata={"help": "Linear warm-up steps."})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
     per_device_train_batch_size: int = field(default=8, metadata={"help": "Rows per device per micro-batch."})
@@ -200,11 +202,41 @@ def _checkpoint_state(ckpt_dir: Path, resume: bool) -> bool:
     return has
 
 
+def scheduler_args(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """TrainingArguments' lr_scheduler_type / lr_scheduler_kwargs (sft and rl), checked before anything
+    loads: transformers itself would fail on a wrong argument only when training starts."""
+    import inspect
+
+    from transformers.optimization import TYPE_TO_SCHEDULER_FUNCTION
+    from transformers.trainer_utils import SchedulerType
+
+    from ..errors import ConfigError
+
+    names = [t.value for t in SchedulerType]
+    if name not in names:
+        raise ConfigError(f"lr_scheduler_type {name!r} is unknown; use one of {', '.join(names)}")
+    if not isinstance(kwargs, dict):
+        raise ConfigError(f"lr_scheduler_kwargs {kwargs!r} must be a mapping, e.g. {{num_decay_steps: 80}}")
+    params = inspect.signature(TYPE_TO_SCHEDULER_FUNCTION[SchedulerType(name)]).parameters
+    given = {"optimizer", "num_warmup_steps", "num_training_steps", "last_epoch"}  # the Trainer passes these
+    own = [k for k, v in params.items() if k not in given and v.kind not in (v.VAR_KEYWORD, v.VAR_POSITIONAL)]
+    unknown = sorted(set(kwargs) - set(own))
+    if unknown and not any(v.kind == v.VAR_KEYWORD for v in params.values()):
+        raise ConfigError(f"lr_scheduler_kwargs {', '.join(unknown)} is not an argument of {name}; its own are: "
+                          f"{', '.join(own) or 'none'}")
+    missing = [k for k in own if params[k].default is inspect.Parameter.empty and k not in kwargs]
+    if missing:
+        raise ConfigError(f"lr_scheduler_type {name} needs lr_scheduler_kwargs {', '.join(missing)}; e.g. "
+                          f"-o 'lr_scheduler_kwargs={{{missing[0]}: 80}}'")
+    return {"lr_scheduler_type": name, "lr_scheduler_kwargs": dict(kwargs)}
+
+
 def _trl_args(c: SFTStageConfig, ckpt_dir: Path, cuda: bool) -> dict[str, Any]:
     bf16 = c.bf16 if c.bf16 is not None else bool(cuda and __import__("torch").cuda.is_bf16_supported())
     return dict(
         output_dir=str(ckpt_dir), num_train_epochs=c.num_train_epochs, max_steps=c.max_steps,
-        learning_rate=c.learning_rate, lr_scheduler_type=c.lr_scheduler_type, warmup_steps=c.warmup_steps,
+        learning_rate=c.learning_rate, **scheduler_args(c.lr_scheduler_type, c.lr_scheduler_kwargs),
+        warmup_steps=c.warmup_steps,
         weight_decay=c.weight_decay, per_device_train_batch_size=c.per_device_train_batch_size,
         gradient_accumulation_steps=c.gradient_accumulation_steps, **checkpointing_arg(c.gradient_checkpointing),
         bf16=bf16, use_cpu=not cuda, save_strategy="steps", save_steps=c.save_steps,
@@ -226,23 +258,27 @@ def checkpointing_arg(on: bool) -> dict[str, bool]:
     return {"activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing": on}
 
 
-def train_or_restore(trainer: Any, resume: bool) -> None:
-    """`trainer.train()`, from the last checkpoint in `args.output_dir` when `resume`. A checkpoint at
-    max_steps (the training had finished and the kill came after it) is restored instead: resumed from
-    there, transformers' Trainer (5.24) runs one step past max_steps (tests/test_sft.py checks it does not)."""
+def train_or_restore(trainer: Any, resume: bool) -> bool:
+    """`trainer.train()`, from the last checkpoint in `args.output_dir` when `resume`. A checkpoint the
+    training ended on (at max_steps, or where a callback stopped it, e.g. rl's reward plateau), killed after
+    it, is restored instead: resumed from there, transformers' Trainer (5.24) trains on, one step past
+    max_steps (tests/test_sft.py checks it does not) or past the plateau (tests/test_rl.py). Returns True
+    when it restored."""
     from transformers.trainer_callback import TrainerState
     from transformers.trainer_utils import get_last_checkpoint
 
     ckpt = get_last_checkpoint(trainer.args.output_dir) if resume else None
     if ckpt is not None:
         state = TrainerState.load_from_json(str(Path(ckpt) / "trainer_state.json"))
-        if 0 < trainer.args.max_steps <= state.global_step:
+        control = (state.stateful_callbacks or {}).get("TrainerControl", {}).get("args", {})
+        if control.get("should_training_stop") or 0 < trainer.args.max_steps <= state.global_step:
             trainer._load_from_checkpoint(ckpt)  # the Trainer's own loader (full weights or adapters)
             trainer.state = state
-            return
+            return True
     # the Trainer prints its log dicts on stdout; stdout is for results (pipelines), so send them to stderr
     with contextlib.redirect_stdout(sys.stderr):
         trainer.train(resume_from_checkpoint=ckpt)
+    return False
 
 
 def lora_config(c: Any) -> Any:
@@ -346,6 +382,7 @@ def run(c: SFTStageConfig) -> Path:
     out = Path(c.output)
     ckpt_dir = out / "checkpoints"
     resuming = _checkpoint_state(ckpt_dir, c.resume)
+    scheduler_args(c.lr_scheduler_type, c.lr_scheduler_kwargs)  # a wrong one fails here, before loading
     # --- data ---------------------------------------------------------------------------------
     examples = _to_examples(read_rows(c.data), c, c.data)
     dataset = Dataset.from_list(examples)
