@@ -106,7 +106,8 @@ class Plan:
     # until the last N steps. At --quick the copy of the printed product "clicks" at a step that varies with
     # the seed, and a held lr brings it within 400 steps on five seeds of five; on the default model (already
     # ~70% right before the tool stage) the held lr cost held-out accuracy (seeds 0 / 1 at 400 steps, decay
-    # 80: 69.3 -> 37.3 and 40.7 -> 30.0, big 100 / 60.3), so the default keeps the cosine
+    # 80: 69.3 -> 37.3 and 40.7 -> 30.0, big 100 / 60.3; seed 1 at 450 steps, decay 200: 31.9, big 79.7), so
+    # the default keeps the cosine
     tool_decay_steps: int = 0
 
 

@@ -78,6 +78,21 @@ def test_optimizer_settings_reach_the_trainer(sft_model, tmp_path):
         built[optim] = trainer.create_optimizer()
     assert isinstance(built["sgd"], torch.optim.SGD)
     assert isinstance(built["adamw_torch"], torch.optim.AdamW) and built["adamw_torch"].defaults["eps"] == 1e-3
+    # the scheduler's own arguments: warmup-stable-decay over a 10-step stage, the last 4 decaying
+    c = RLConfig(model=str(sft_model), data=str(RL_DATA), output=str(tmp_path), lr_scheduler_type="warmup_stable_decay",
+                 lr_scheduler_kwargs={"num_decay_steps": 4}, warmup_steps=2, **SMALL)
+    trainer = _build_trainer(c, {"name": "all", "max_steps": 10}, 0, model, tok, problems, tmp_path / "wsd",
+                             tmp_path, 0, False)
+    sched = trainer.create_scheduler(10, trainer.create_optimizer())
+    lrs = []
+    for _ in range(10):
+        lrs.append(sched.get_last_lr()[0])
+        trainer.optimizer.step()
+        sched.step()
+    assert lrs[2:6] == [pytest.approx(1e-4)] * 4 and lrs[0] < lrs[1] < 1e-4 and lrs[6] > lrs[7] > lrs[8] > lrs[9]
+    bad = run_cli("rl", "--model", str(tmp_path / "absent"), "--data", str(RL_DATA), "--lr-scheduler-type",
+                  "warmup_stable_decay", "-o", str(tmp_path / "bad"))
+    assert bad.returncode == 1 and "needs lr_scheduler_kwargs num_decay_steps" in bad.stderr
 
 
 @pytest.mark.parametrize("end", ["max_steps", "plateau"])
