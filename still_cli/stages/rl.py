@@ -144,6 +144,7 @@ class RLConfig:
 
     def __post_init__(self):
         from ..rewards import REWARDS
+        from .sft import check_scheduler
 
         require(bool(self.model), "rl needs --model (a folder or hub id), e.g. --model runs/sft")
         require(bool(self.data), "rl needs --data problems, e.g. --data math_train or --data problems.jsonl")
@@ -159,6 +160,7 @@ class RLConfig:
         require(not (self.use_peft and self.sync_ref_model), "sync_ref_model needs a separate reference model, which "
                 "TRL does not keep with LoRA (the reference is the base with adapters off); drop one of the two")
         require(self.lora_r > 0, f"lora_r = {self.lora_r} must be > 0")
+        check_scheduler(self.lr_scheduler_type, self.lr_scheduler_kwargs)
         require(self.num_generations >= 2, f"num_generations = {self.num_generations}: GRPO needs >= 2 per group")
         gen = self.generation_batch_size or self.per_device_train_batch_size * self.gradient_accumulation_steps
         require(gen % self.num_generations == 0,
@@ -365,7 +367,7 @@ def run(c: RLConfig) -> Path:
     from ..errors import ConfigError, DataError
     from ..runtime import process_state
     from ..sampling import load_tokenizer
-    from .sft import scheduler_args, train_or_restore
+    from .sft import train_or_restore
 
     out = Path(c.output)
     dist = process_state()  # one process, or each rank under `accelerate launch`
@@ -374,7 +376,6 @@ def run(c: RLConfig) -> Path:
         raise ConfigError(f"{out} holds an earlier rl run; add --resume to continue it, or choose a new -o")
     if c.resume and not started:
         raise ConfigError(f"--resume given but {out} holds no rl run; run without --resume")
-    scheduler_args(c.lr_scheduler_type, c.lr_scheduler_kwargs)  # a wrong one fails here, before loading
     problems = read_problems(c.data, problem_field=c.problem_field, answer_field=c.answer_field, id_field=c.id_field)
     tokenizer = load_tokenizer(c.model)
     stages = c.stage_list()
@@ -458,7 +459,7 @@ def _build_trainer(c: RLConfig, stage: dict[str, Any], k: int, model: Any, token
 
     from ..sampling import render_prompt
     from .rl_trainer import MetricsCallback, PlateauCallback, StillGRPOTrainer
-    from .sft import checkpointing_arg, lora_config, scheduler_args
+    from .sft import checkpointing_arg, lora_config
 
     rows = [{"prompt": render_prompt(tokenizer, p["problem"], c.prompt_template, c.system_prompt, c.prefill_think),
              "answer": str(p["answer"]), "id": p["id"]} for p in problems]
@@ -466,8 +467,8 @@ def _build_trainer(c: RLConfig, stage: dict[str, Any], k: int, model: Any, token
     bf16 = c.bf16 if c.bf16 is not None else bool(cuda and torch.cuda.is_bf16_supported())
     args = GRPOConfig(
         output_dir=str(sdir / "checkpoints"), max_steps=stage["max_steps"], learning_rate=get("learning_rate"),
-        **scheduler_args(c.lr_scheduler_type, c.lr_scheduler_kwargs), warmup_steps=c.warmup_steps,
-        weight_decay=c.weight_decay,
+        lr_scheduler_type=c.lr_scheduler_type, lr_scheduler_kwargs=c.lr_scheduler_kwargs,
+        warmup_steps=c.warmup_steps, weight_decay=c.weight_decay,
         optim=c.optim, adam_epsilon=c.adam_epsilon, max_grad_norm=c.max_grad_norm,
         per_device_train_batch_size=c.per_device_train_batch_size,
         gradient_accumulation_steps=c.gradient_accumulation_steps, generation_batch_size=c.generation_batch_size,

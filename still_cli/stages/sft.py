@@ -95,6 +95,7 @@ class SFTStageConfig:
         require(bool(self.output), "sft needs an output folder; add -o runs/sft")
         require(self.learning_rate > 0, f"learning_rate = {self.learning_rate} must be > 0")
         require(self.per_device_train_batch_size >= 1, "per_device_train_batch_size must be >= 1")
+        check_scheduler(self.lr_scheduler_type, self.lr_scheduler_kwargs)
         require(not (self.packing and self.method == "dpo"), "packing applies to sft only; drop --packing for dpo")
         require(not (self.packing and self.group_by_length),
                 "packing and group_by_length both cut padding and do not combine; drop one of them")
@@ -202,9 +203,9 @@ def _checkpoint_state(ckpt_dir: Path, resume: bool) -> bool:
     return has
 
 
-def scheduler_args(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """TrainingArguments' lr_scheduler_type / lr_scheduler_kwargs (sft and rl), checked before anything
-    loads: transformers itself would fail on a wrong argument only when training starts."""
+def check_scheduler(name: str, kwargs: dict[str, Any]) -> None:
+    """lr_scheduler_type / lr_scheduler_kwargs (sft and rl configs), checked when the config is built, before
+    anything loads: transformers itself would fail on a wrong argument only when training starts."""
     import inspect
 
     from transformers.optimization import TYPE_TO_SCHEDULER_FUNCTION
@@ -228,15 +229,14 @@ def scheduler_args(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     if missing:
         raise ConfigError(f"lr_scheduler_type {name} needs lr_scheduler_kwargs {', '.join(missing)}; e.g. "
                           f"-o 'lr_scheduler_kwargs={{{missing[0]}: 80}}'")
-    return {"lr_scheduler_type": name, "lr_scheduler_kwargs": dict(kwargs)}
 
 
 def _trl_args(c: SFTStageConfig, ckpt_dir: Path, cuda: bool) -> dict[str, Any]:
     bf16 = c.bf16 if c.bf16 is not None else bool(cuda and __import__("torch").cuda.is_bf16_supported())
     return dict(
         output_dir=str(ckpt_dir), num_train_epochs=c.num_train_epochs, max_steps=c.max_steps,
-        learning_rate=c.learning_rate, **scheduler_args(c.lr_scheduler_type, c.lr_scheduler_kwargs),
-        warmup_steps=c.warmup_steps,
+        learning_rate=c.learning_rate, lr_scheduler_type=c.lr_scheduler_type,
+        lr_scheduler_kwargs=c.lr_scheduler_kwargs, warmup_steps=c.warmup_steps,
         weight_decay=c.weight_decay, per_device_train_batch_size=c.per_device_train_batch_size,
         gradient_accumulation_steps=c.gradient_accumulation_steps, **checkpointing_arg(c.gradient_checkpointing),
         bf16=bf16, use_cpu=not cuda, save_strategy="steps", save_steps=c.save_steps,
@@ -382,7 +382,6 @@ def run(c: SFTStageConfig) -> Path:
     out = Path(c.output)
     ckpt_dir = out / "checkpoints"
     resuming = _checkpoint_state(ckpt_dir, c.resume)
-    scheduler_args(c.lr_scheduler_type, c.lr_scheduler_kwargs)  # a wrong one fails here, before loading
     # --- data ---------------------------------------------------------------------------------
     examples = _to_examples(read_rows(c.data), c, c.data)
     dataset = Dataset.from_list(examples)
