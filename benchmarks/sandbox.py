@@ -8,6 +8,10 @@ Workloads, each driven by `--threads` callers at once:
   * TIR session: 5 cells per rollout that build on each other, as a model's code calls do. still runs
     them in one `Session`; the naive executor re-runs all earlier cells in a fresh `python -c` per call
     (how a stateless executor keeps state).
+  * TIR batch: `--batch` rollouts hold a session each at once (as `still eval --tools` and
+    `hint-engineer` do: every rollout of a generate batch has its session until the batch ends), one
+    cell each, `--rounds` batches; the pool sized as before (a fixed 64 idle workers) against the
+    current pool (it keeps as many as were out at once, up to 256).
 Prints calls/s and p50 / p99 latency per call. Target (issue 6): >= 10x the naive throughput.
 """
 
@@ -66,10 +70,35 @@ def measure(fn, code: str, calls: int, threads: int) -> tuple[float, float, floa
     return calls / wall, statistics.median(lat) * 1000, lat[int(0.99 * (len(lat) - 1))] * 1000
 
 
+def tir_batches(batch: int, rounds: int, threads: int, max_keep: int | None) -> float:
+    """Calls/s of `rounds` batches of `batch` sessions held at once, one `print(1)` cell each, run by
+    `threads` callers (tir._run_cells), on a fresh pool (`max_keep`=64: the old fixed size)."""
+    from still_cli import sandbox
+
+    sandbox._stop_pools()
+    if max_keep is not None:
+        lim = sandbox.Limits()
+        sandbox._pools[sandbox._pool_key(lim)] = sandbox._Pool(lim, warm=threads, keep=max_keep, max_keep=max_keep)
+    sessions = [sandbox.Session() for _ in range(batch)]
+    with ThreadPoolExecutor(threads) as ex:
+        list(ex.map(lambda s: s.run("print(1)"), sessions))  # warm-up batch (not timed)
+        for s in sessions:
+            s.close()
+        t0 = time.perf_counter()
+        for _ in range(rounds):
+            sessions = [sandbox.Session() for _ in range(batch)]
+            assert all(r.output == "1\n" for r in ex.map(lambda s: s.run("print(1)"), sessions))
+            for s in sessions:
+                s.close()
+        return batch * rounds / (time.perf_counter() - t0)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--calls", type=int, default=200)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
     from still_cli.sandbox import protections, run_python
 
@@ -92,6 +121,11 @@ def main() -> None:
     for label, r in (("naive", rn), ("still", rs)):
         print(f"{'TIR session':<12} {label:<10} {r[0] * k:8.1f} {r[1] / k:8.1f} {r[2] / k:8.1f}   (per call, {k} calls/session)")
     print(f"{'TIR session':<12} throughput still / naive: {rs[0] / rn[0]:.1f}x")
+    fixed = tir_batches(args.batch, args.rounds, args.threads, max_keep=64)
+    grown = tir_batches(args.batch, args.rounds, args.threads, max_keep=None)
+    print(f"{'TIR batch':<12} {'pool 64':<10} {fixed:8.1f}   ({args.batch} sessions at once, {args.rounds} batches)")
+    print(f"{'TIR batch':<12} {'pool grown':<10} {grown:8.1f}")
+    print(f"{'TIR batch':<12} throughput grown / fixed 64: {grown / fixed:.2f}x")
 
 
 if __name__ == "__main__":

@@ -38,6 +38,13 @@ def full() -> bool:
     return "pid-namespace" in sandbox.protections()
 
 
+def fresh_pool(limits: Limits, **kw) -> sandbox._Pool:
+    """An empty pool for `limits` (no pre-warmed workers), so one session after another gets the same worker."""
+    sandbox._stop_pools()
+    pool = sandbox._pools[sandbox._pool_key(limits)] = sandbox._Pool(limits, warm=0, **kw)
+    return pool
+
+
 def test_result_shape_and_notebook_semantics():
     r = run_python("x = 6 * 7\nprint('hi')\nx")
     assert r.ok and r.output == "hi\n42\n"
@@ -183,11 +190,16 @@ def test_basic_isolation_still_contains_the_common_failures(tmp_path):
     lim = Limits(timeout=1, isolation="basic")
     assert "timed out" in run_python("while True: pass", timeout=1, limits=lim).error
     assert "MemoryError" in run_python("x = bytearray(10**11)", timeout=1, limits=Limits(timeout=1, isolation="basic")).error
-    r = run_python("import os\nopen('f', 'w').write('x')\nos.getcwd()", limits=Limits(isolation="basic"))
-    assert r.ok
-    # the next session (same worker: the pool reuses it) starts with its scratch folder emptied
-    assert run_python("import os\n(os.getcwd(), [f for f in os.listdir('.') if f != '.cell_output'])", limits=Limits(isolation="basic")).output == \
-        f"({r.output.strip()}, [])\n"
+    # the next session on the same worker starts with its scratch folder emptied
+    fresh_pool(Limits(isolation="basic"))
+    with Session(Limits(isolation="basic")) as s:
+        r = s.run("import os\nopen('f', 'w').write('x')\nos.getcwd()")
+        assert r.ok
+        pid = s._worker.pid
+    with Session(Limits(isolation="basic")) as s:
+        assert s.run("import os\n(os.getcwd(), [f for f in os.listdir('.') if f != '.cell_output'])").output == \
+            f"({r.output.strip()}, [])\n"
+        assert s._worker.pid == pid
     sandbox._stop_pools()
     assert not Path(r.output.strip().strip("'")).exists()  # and removed with its worker
     r = run_python("import socket\nsocket.create_connection(('127.0.0.1', 9))", limits=Limits(isolation="basic"))
@@ -254,9 +266,37 @@ def test_nothing_survives_into_the_next_session_of_the_same_worker():
     probe = ("import ctypes, os, glob\nlibc = ctypes.CDLL(None)\n"
              "print(libc.shmget(0x5717, 0, 0), os.path.exists('/tmp/left.txt'), os.path.exists('/dev/shm/left'),"
              " [p for p in glob.glob('/proc/[0-9]*') if 'sleep' in open(p + '/cmdline').read()])")
-    for _ in range(3):  # the pool hands the same few workers out again
-        assert run_python(plant).output == "True\n"
-        assert run_python(probe).output == "-1 False False []\n"
+    fresh_pool(Limits())  # one worker, handed out again and again
+    for _ in range(3):
+        with Session() as s:
+            assert s.run(plant).output == "True\n"
+            pid = s._worker.pid
+        with Session() as s:
+            assert s.run(probe).output == "-1 False False []\n"
+            assert s._worker.pid == pid
+
+
+def test_the_pool_keeps_as_many_workers_as_a_batch_held():
+    """A batch of TIR rollouts holds a session each; the next batch reuses every worker (with a fixed
+    pool of 64, 6 of 70 were built and destroyed again each batch). Capped at max_keep."""
+    def batch(n):
+        sessions = [Session() for _ in range(n)]
+        for s in sessions:
+            assert s.run("1").output == "1\n"
+        pids = {s._worker.pid for s in sessions}
+        for s in sessions:
+            s.close()
+        return pids
+
+    pool = fresh_pool(Limits())
+    first = batch(70)
+    assert len(first) == 70 and len(pool.idle) == 70
+    assert batch(70) == first
+    assert pool.out == 0 and pool.peak == 70
+    pool = fresh_pool(Limits(), keep=2, max_keep=3)
+    batch(5)
+    assert len(pool.idle) == 3
+    sandbox._stop_pools()
 
 
 def test_a_session_that_exits_between_cells_is_replaced():

@@ -145,9 +145,11 @@ def _sample_benchmark(config: EvalConfig, sampler: Any, bench: str, appender: An
                     if (bench, p["id"], i) not in done]
             preds = [extract_answer(c.text, c.truncated) for _, _, c in flat]
             verdicts = match_batch([p["answer"] for p, _, _ in flat], preds, timeout=config.grade_timeout)
-            for (p, i, c), pred, ok in zip(flat, preds, verdicts):
-                appender.write(_sample_row(bench, p, i, c.text, c.num_tokens, c.truncated, pred, ok,
-                                           c.tool_calls if config.tools else None))
+            # the chunk's samples in one write + fsync (an fsync per sample took ~0.6 ms here, ~0.7 s for
+            # the demo's 1,200-sample held-out eval of 6-11 s)
+            appender.write_many([_sample_row(bench, p, i, c.text, c.num_tokens, c.truncated, pred, ok,
+                                             c.tool_calls if config.tools else None)
+                                 for (p, i, c), pred, ok in zip(flat, preds, verdicts)])
             bar.advance(task, len(chunk))
 
 

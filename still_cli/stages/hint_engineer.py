@@ -176,7 +176,11 @@ def run(c: HintEngineerConfig) -> dict[str, Any]:
                     prefixes.append(hinted_prefix(row["response"], h) if row["response"] else h.text)
             outs = iter(generate(sampler, prompts, replace(params, seed=c.seed + start), settings, prefixes=prefixes)
                         if prompts else [])
-            for row, hints in batch:  # written row by row, each followed by its ledger line
+            # the batch's rows in one write, then its ledger lines in another (two fsyncs a batch instead of
+            # two a row: 3,200 fsyncs took 2 s of a 15 s run with the scripted teacher)
+            batch_rows: list[dict[str, Any]] = []
+            batch_ledger: list[dict[str, Any]] = []
+            for row, hints in batch:
                 kept_rows: list[dict[str, Any]] = []
                 for kind, h in hints:
                     comps = next(outs)
@@ -194,10 +198,12 @@ def run(c: HintEngineerConfig) -> dict[str, Any]:
                             "num_tokens": g["num_tokens"], "model": c.model,
                             "sampling": {"backend": c.backend, "temperature": c.temperature, "top_p": c.top_p,
                                          "max_tokens": c.max_tokens, "seed": c.seed}})
-                out.write_many(kept_rows)
-                if ledger is not None:
-                    ledger.write({"id": row["id"], "hints": [k for k, _ in hints], "kept": len(kept_rows)})
+                batch_rows += kept_rows
+                batch_ledger.append({"id": row["id"], "hints": [k for k, _ in hints], "kept": len(kept_rows)})
                 stats.update(rows=1, kept=len(kept_rows), no_hint=0 if hints else 1)
+            out.write_many(batch_rows)
+            if ledger is not None:
+                ledger.write_many(batch_ledger)
     log.info("hint-engineer: %d rows (%d resumed), %d hinted prefixes, %d/%d continuations verified with code, "
              "%d rows kept, %d rows without a hint position", stats["rows"], stats["resumed"], stats["hinted"],
              stats["correct"], stats["samples"], stats["kept"], stats["no_hint"])
