@@ -46,7 +46,8 @@ class DemoConfig:
     """Run the whole pipeline on a tiny model on CPU and report what each stage changed."""
 
     output: str = field(default="runs/demo", metadata={"help": "Run folder (report + every stage's outputs)."})
-    quick: bool = field(default=False, metadata={"help": "A ~3.5 minute version (a narrower model, fewer steps, smaller sets)."})
+    quick: bool = field(default=False, metadata={
+        "help": "A ~3 minute version (a narrower model, fewer steps, smaller sets, 1 eval sample per problem)."})
     seed: int = field(default=0, metadata={"help": "Seed for data, model init and sampling."})
     direct_answers: float = field(default=0.3, metadata={
         "help": "Share of the scripted teacher's answers given directly, with an empty thought (0 = it always thinks: "
@@ -109,6 +110,10 @@ class Plan:
     # 80: 69.3 -> 37.3 and 40.7 -> 30.0, big 100 / 60.3; seed 1 at 450 steps, decay 200: 31.9, big 79.7), so
     # the default keeps the cosine
     tool_decay_steps: int = 0
+    # samples per held-out / big problem in every stage's eval (the untrained model's: 1). --quick takes 1:
+    # its evals were a fifth of its time with 3 (41 of 206 s at seed 0), and its test's margins are tens of
+    # points, far beyond the noise of one sample on 200 problems (~3 points)
+    eval_samples: int = 3
 
 
 PLANS = {
@@ -123,15 +128,15 @@ PLANS = {
                 self_improve_steps=200, rl_steps=(15, 15), tool_steps=600, plain_in_tool_mix=2400, mlp_ratio=3,
                 sft_chunks=4),
     # --quick: the default's shape at hidden 64 (MLP 3x, chunked SFT); the tool stage is most of its time, so it
-    # is cut to 400 steps with warmup-stable-decay and 300 plain traces in the mix (shorter rows). Measured
-    # alone on 2 cores, seeds 0-4 (held-out after rl -> after tools, big with tools): 7.3 -> 71.0, 88.3;
-    # 6.7 -> 26.7, 100; 7.8 -> 18.5, 98.9; 5.2 -> 74.2, 100; 6.7 -> 76.3, 100; 3.1-3.6 min. The earlier plan
-    # (MLP 4x, unsplit, 700 cosine tool steps, 1,200 plain) took 3.7-4.2 min; 450 cosine steps left seed 0 at
-    # big 6%, a constant lr reached 89-100% but held-out 11.0% at seed 2 (docs/demo-notes.md). RL's 6 + 6
-    # steps move nothing at this size
+    # is cut to 400 steps with warmup-stable-decay and 300 plain traces in the mix (shorter rows); 1 eval sample
+    # per problem. Measured alone on 2 cores, seeds 0-4 (held-out after rl -> after tools, big with tools):
+    # 10.5 -> 67.5, 86.7; 3.5 -> 29.5, 100; 7.5 -> 20.5, 100; 9.5 -> 76.0, 100; 4.0 -> 81.0, 100; 2.7-2.9 min
+    # (3 eval samples: 3.1-3.6 min, same training). The earlier plan (MLP 4x, unsplit, 700 cosine tool steps,
+    # 1,200 plain) took 3.7-4.2 min; 450 cosine steps left seed 0 at big 6%, a constant lr reached 89-100% but
+    # held-out 11.0% at seed 2 (docs/demo-notes.md). RL's 6 + 6 steps move nothing at this size
     True: Plan(train=1500, test=200, big_test=60, big_train=1200, sft_steps=300, explore_problems=120,
                self_improve_steps=40, rl_steps=(6, 6), tool_steps=400, plain_in_tool_mix=300, hidden_size=64,
-               mlp_ratio=3, sft_chunks=4, tool_decay_steps=80),
+               mlp_ratio=3, sft_chunks=4, tool_decay_steps=80, eval_samples=1),
 }
 
 
@@ -256,6 +261,9 @@ def run(c: DemoConfig) -> dict[str, Any]:
          "big_train": _write(out / "data" / "big_train.jsonl", big_train)}
     stages: list[tuple[str, dict[str, Any]]] = []
 
+    def evals(model: str | Path, f: Path, tools: bool = False) -> dict[str, Any]:
+        return _evals(str(model), d, f, tools=tools, seed=s, n=plan.eval_samples)
+
     # 1. a random-init model
     def s_init(f: Path):
         model = init_model(InitModelConfig(output=str(f / "model"), hidden_size=plan.hidden_size,
@@ -277,7 +285,7 @@ def run(c: DemoConfig) -> dict[str, Any]:
                                    warmup_steps=20, per_device_train_batch_size=32, max_length=160,
                                    save_steps=10_000, logging_steps=25, seed=s, length_chunks=plan.sft_chunks,
                                    resume=has_checkpoints(f / "model")))
-        return {"model": str(model), "distilled": str(f / "distilled.jsonl"), **_evals(str(model), d, f, seed=s)}
+        return {"model": str(model), "distilled": str(f / "distilled.jsonl"), **evals(model, f)}
     r_sft = _step(out, "2-distill-sft", s_sft)
     stages.append(("distill + sft", r_sft))
 
@@ -297,7 +305,8 @@ def run(c: DemoConfig) -> dict[str, Any]:
         summary = json.loads((f / "explore" / "summary.json").read_text())
         return {"model": str(model), "difficulty": str(f / "explore" / "difficulty.jsonl"),
                 "explore": {k: summary[k] for k in ("mean_pass_rate", "solved_never", "solved_always", "sft_rows",
-                                                    "merged_rows", "duplicates_dropped")}, **_evals(str(model), d, f, seed=s)}
+                                                    "merged_rows", "duplicates_dropped")},
+                **evals(model, f)}
     r_self = _step(out, "3-explore-self-improve", s_self)
     stages.append(("explore + self-improve", r_self))
 
@@ -332,7 +341,7 @@ def run(c: DemoConfig) -> dict[str, Any]:
             rewards=["accuracy"], loss_type="grpo", num_generations=8, per_device_train_batch_size=64,
             temperature=1.0, max_completion_length=MAX_TOKENS, learning_rate=2e-5, warmup_steps=3, beta=0.0,
             save_steps=10_000, logging_steps=1, seed=s, resume=has_run(f / "rl")))
-        return {"model": str(model), "levels": {"medium": medium, "hard": hard}, **_evals(str(model), d, f, seed=s)}
+        return {"model": str(model), "levels": {"medium": medium, "hard": hard}, **evals(model, f)}
     r_rl = _step(out, "4-rl-staged", s_rl)
     stages.append(("rl (staged)", r_rl))
 
@@ -366,11 +375,12 @@ def run(c: DemoConfig) -> dict[str, Any]:
                                    if plan.tool_decay_steps else {},
                                    per_device_train_batch_size=32, max_length=256, save_steps=10_000,
                                    logging_steps=25, seed=s, resume=has_checkpoints(f / "model")))
-        return {"model": str(model), **_evals(str(model), d, f, tools=True, seed=s)}
+        return {"model": str(model), **evals(model, f, tools=True)}
     r_tools = _step(out, "5-hint-engineer-sft-tools", s_tools)
     stages.append(("hint-engineer + sft, eval --tools", r_tools))
 
-    report = {"seed": c.seed, "quick": c.quick, "direct_answers": c.direct_answers, "stages": [{"stage": n, **r} for n, r in stages]}
+    report = {"seed": c.seed, "quick": c.quick, "direct_answers": c.direct_answers, "eval_samples": plan.eval_samples,
+              "stages": [{"stage": n, **r} for n, r in stages]}
     (out / "report.json").write_text(json.dumps(report, indent=2))
     write_report(out, report)
     return report
@@ -443,9 +453,14 @@ def _paired_words(d: float, se: float, n: int, up: str, down: str, neither: str)
     return f"{neither} ({spread}, under 2 standard errors)"
 
 
+def _samples_words(n: int) -> str:
+    return "1 sample" if n == 1 else f"mean over {n} samples"
+
+
 def write_report(out: Path, report: dict[str, Any]) -> None:
+    samples = _samples_words(report.get("eval_samples", EVAL_SAMPLES))  # reports before it was recorded: 3
     md = ["# still demo report", "", f"seed {report['seed']}, {'quick' if report['quick'] else 'default'} settings; "
-          f"pass@1 (mean over {EVAL_SAMPLES} samples per problem, T {EVAL_T}, top-p {EVAL_TOP_P}) on held-out "
+          f"pass@1 ({samples} per problem, T {EVAL_T}, top-p {EVAL_TOP_P}; 1 sample for the untrained model) on held-out "
           "problems (levels = number of operations) and on 'big' problems (products of two 2-digit numbers).",
           "", table_markdown(report), "", "What it shows:", "", *verdicts(report), ""]
     (out / "report.md").write_text("\n".join(md))
