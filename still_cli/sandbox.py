@@ -799,9 +799,9 @@ class _Pool:
     Size: it keeps as many idle workers as were ever out at once (a batch of TIR rollouts holds one per
     rollout), at least `keep` and at most `max_keep` (256: about 2.3 GB). A fixed size below a
     workload's batch made every batch build and destroy the difference: each worker costs two forks of
-    the numpy + sympy zygote and a set of namespaces, and `still hint-engineer` on 1,600 traces (77
-    rollouts per batch, 64 kept) spent 14.2 s against 11.7 s with the workers kept (benchmarks/sandbox.py
-    has the side-by-side numbers)."""
+    the numpy + sympy zygote and a set of namespaces. `still hint-engineer` on 1,600 traces (77 rollouts
+    per batch, 64 kept) took 13.1 s against 9.8 s with the workers kept and the longest-idle one taken
+    first (means of 3, alternating); benchmarks/sandbox.py measures both pools side by side."""
 
     def __init__(self, limits: Limits, warm: int, keep: int = 64, max_keep: int = 256):
         self.limits, self.keep, self.max_keep = limits, keep, max_keep
