@@ -175,6 +175,11 @@ def _step(out: Path, name: str, fn) -> dict[str, Any]:
 # mostly which problems are drawn, not which samples (seed 0, 400 problems: standard error 1.60 points with
 # 4 samples, 1.65 with 3), and a quarter of the eval time is saved
 EVAL_SAMPLES, EVAL_T, EVAL_TOP_P = 3, 0.6, 0.95
+# top-k 50 in the evals and explore: every number in the README and docs/demo-notes.md was measured with it,
+# transformers' default, which the hf backend applied before it passed top_k explicitly (0 = off, as on
+# vLLM). At T 0.6 / top-p 0.95 a trained model's nucleus rarely holds 50 of the 1,030 tokens; explore's
+# T 1.0 / top-p 1.0 and the untrained model's near-uniform output are cut by it
+SAMPLE_TOP_K = 50
 # 128 new tokens: a level-4 trace is ~90-100 tokens; with 96, a quarter of the SFT model's level-4
 # misses were correct answers cut before the final "." (measured at seed 0)
 MAX_TOKENS, MAX_TOKENS_TOOLS = 128, 160
@@ -192,7 +197,7 @@ def _eval(model: str, data: str, folder: Path, name: str, tools: bool = False, b
     from .stages.eval import EvalConfig, run
 
     res = run(EvalConfig(benchmarks=[data], model=model, backend=backend, output=str(folder / name), n=n,
-                         prompt_template=PROMPT, temperature=EVAL_T, top_p=EVAL_TOP_P, seed=seed,
+                         prompt_template=PROMPT, temperature=EVAL_T, top_p=EVAL_TOP_P, top_k=SAMPLE_TOP_K, seed=seed,
                          max_tokens=MAX_TOKENS_TOOLS if tools else MAX_TOKENS,
                          batch_size=GEN_BATCH_TOOLS if tools else GEN_BATCH, tools=tools,
                          max_tool_calls=3, tool_timeout=5.0))
@@ -293,7 +298,8 @@ def run(c: DemoConfig) -> dict[str, Any]:
     def s_self(f: Path):
         explore(ExploreConfig(model=r_sft["model"], data=d["train"], limit=plan.explore_problems, n=4,
                               prompt_template=PROMPT,
-                              temperature=1.0, max_tokens=MAX_TOKENS, batch_size=GEN_BATCH, merge_with=r_sft["distilled"],
+                              temperature=1.0, top_k=SAMPLE_TOP_K, max_tokens=MAX_TOKENS, batch_size=GEN_BATCH,
+                              merge_with=r_sft["distilled"],
                               # sampling order: the kept rows follow the model's own mix of correct answers
                               # ("shortest" / "diverse" would pick a correct direct answer first, the shortest)
                               keep_per_problem=2, keep_order="first", output=str(f / "explore"), seed=s))
@@ -460,7 +466,8 @@ def _samples_words(n: int) -> str:
 def write_report(out: Path, report: dict[str, Any]) -> None:
     samples = _samples_words(report.get("eval_samples", EVAL_SAMPLES))  # reports before it was recorded: 3
     md = ["# still demo report", "", f"seed {report['seed']}, {'quick' if report['quick'] else 'default'} settings; "
-          f"pass@1 ({samples} per problem, T {EVAL_T}, top-p {EVAL_TOP_P}; 1 sample for the untrained model) on held-out "
+          f"pass@1 ({samples} per problem, T {EVAL_T}, top-p {EVAL_TOP_P}, top-k {SAMPLE_TOP_K}; 1 sample for the "
+          "untrained model) on held-out "
           "problems (levels = number of operations) and on 'big' problems (products of two 2-digit numbers).",
           "", table_markdown(report), "", "What it shows:", "", *verdicts(report), ""]
     (out / "report.md").write_text("\n".join(md))

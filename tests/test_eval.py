@@ -133,3 +133,27 @@ def test_stdout_holds_only_the_results_table(tmp_path, tiny_model):
                 "-o", str(tmp_path / "o"))
     assert r.returncode == 0, r.stderr
     assert "amc2023" in r.stdout and "Loading" not in r.stdout and "wrote" in r.stderr
+
+
+def test_hf_sampling_follows_the_call_not_the_models_generation_config(tmp_path, tiny_model):
+    """A hub model's generation_config.json may carry its own sampling settings (Qwen2.5-Math: top_k 20,
+    repetition_penalty 1.05), and transformers' generate() merges them, then its own top_k 50, into every
+    call. The hf backend samples with the call's T / top-p / top-k only, as vLLM does."""
+    import shutil
+    from dataclasses import replace
+
+    from still_cli.sampling import SamplingParams
+    from still_cli.sampling.hf import HFSampler
+
+    model = tmp_path / "m"
+    shutil.copytree(tiny_model, model)
+    cfg = json.loads((model / "generation_config.json").read_text())
+    (model / "generation_config.json").write_text(json.dumps({**cfg, "top_k": 1, "repetition_penalty": 5.0}))
+    sampler = HFSampler(str(model), batch_size=256)
+    params = SamplingParams(n=256, temperature=1.0, top_p=1.0, max_tokens=1, seed=0)
+    first = [c.token_ids[0] for c in sampler.generate(["What is 2 + 2?"], params)[0]]
+    # the untrained model is near-uniform over ~1,000 tokens: 256 draws give far more than 50 distinct
+    # tokens (the config's top_k 1 would give 1, transformers' default top_k 50 at most 50)
+    assert len(set(first)) > 100
+    capped = [c.token_ids[0] for c in sampler.generate(["What is 2 + 2?"], replace(params, top_k=5))[0]]
+    assert len(set(capped)) <= 5

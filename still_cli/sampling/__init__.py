@@ -19,6 +19,7 @@ class SamplingParams:
     n: int = 1
     temperature: float = 0.6
     top_p: float = 0.95
+    top_k: int = 0  # 0 = off (vLLM's -1, OpenAI's absent); the hf backend otherwise applies transformers' 50
     max_tokens: int = 1024
     stop: list[str] = field(default_factory=list)
     seed: int = 0

@@ -7,6 +7,18 @@ from typing import Any
 from ..errors import ModelError
 from . import Completion, SamplingParams, load_tokenizer
 
+# generate() fills every setting a call leaves unset from the model's generation_config.json, then from
+# transformers' defaults (top_k 50). Hub models often ship sampling settings there (Qwen2.5-Math-Instruct:
+# top_k 20, repetition_penalty 1.05), so the same eval would sample differently here than on vLLM, which
+# applies exactly the SamplingParams it is given. Every setting that reshapes the next-token distribution
+# or bans tokens is therefore passed explicitly, switched off; only the call's own T / top-p / top-k act.
+_NEUTRAL = dict(typical_p=1.0, min_p=None, top_h=None, epsilon_cutoff=0.0, eta_cutoff=0.0, repetition_penalty=1.0,
+                encoder_repetition_penalty=1.0, no_repeat_ngram_size=0, bad_words_ids=None, suppress_tokens=None,
+                begin_suppress_tokens=None, sequence_bias=None, min_length=0, min_new_tokens=None,
+                exponential_decay_length_penalty=None, forced_bos_token_id=None, forced_eos_token_id=None,
+                guidance_scale=None, num_beams=1, num_beam_groups=1, penalty_alpha=None, dola_layers=None,
+                watermarking_config=None)
+
 
 class HFSampler:
     def __init__(self, model: str, *, batch_size: int = 32, dtype: str = "auto", device: str | None = None,
@@ -27,6 +39,10 @@ class HFSampler:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model = model_obj.to(self.device).eval()
         self.batch_size = batch_size
+        from transformers import GenerationConfig
+
+        known = GenerationConfig().to_dict()  # settings this transformers version has (kwargs it would refuse)
+        self._neutral = {k: v for k, v in _NEUTRAL.items() if k in known}
         eos = self.model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         self.eos_ids.add(self.tokenizer.eos_token_id)
@@ -40,9 +56,10 @@ class HFSampler:
             batch = flat[start:start + self.batch_size]
             enc = self.tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
             torch.manual_seed(params.seed + start)
-            kwargs: dict[str, Any] = dict(max_new_tokens=params.max_tokens, pad_token_id=self.tokenizer.pad_token_id)
+            kwargs: dict[str, Any] = dict(self._neutral, max_new_tokens=params.max_tokens,
+                                          pad_token_id=self.tokenizer.pad_token_id)
             if params.temperature > 0:
-                kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
+                kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
             else:
                 kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
             if params.stop:

@@ -93,6 +93,8 @@ class OpenAISampler:
                                 "temperature": params.temperature, "top_p": params.top_p, "seed": seed}
         if params.stop:
             body["stop"] = params.stop
+        if params.top_k > 0:  # not an OpenAI parameter; vLLM and SGLang servers take it
+            body["top_k"] = params.top_k
         if self.endpoint == "chat":
             body["messages"] = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
         else:

@@ -28,9 +28,10 @@ class VLLMSampler:
     def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
         from vllm import SamplingParams as VSP
 
-        sp = VSP(n=params.n, temperature=params.temperature, top_p=params.top_p if params.temperature > 0 else 1.0,
-                 max_tokens=params.max_tokens, stop=params.stop or None, include_stop_str_in_output=True,
-                 seed=params.seed)
+        sampling = params.temperature > 0
+        sp = VSP(n=params.n, temperature=params.temperature, top_p=params.top_p if sampling else 1.0,
+                 top_k=params.top_k if sampling and params.top_k > 0 else -1, max_tokens=params.max_tokens,
+                 stop=params.stop or None, include_stop_str_in_output=True, seed=params.seed)
         outs = self.llm.generate(prompts, sp)
         return [[Completion(text=o.text, num_tokens=len(o.token_ids),
                             finish_reason="length" if o.finish_reason == "length" else "stop")

@@ -43,6 +43,7 @@ class DistillConfig(BackendSettings, ToolSettings):
     n: int = field(default=4, metadata={"help": "Samples per problem."})
     temperature: float = field(default=0.6, metadata={"help": "Sampling temperature; 0 = greedy."})
     top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling mass."})
+    top_k: int = field(default=0, metadata={"help": "Sample from the k most likely tokens only; 0 = off."})
     max_tokens: int = field(default=32768, metadata={"help": "Max new tokens per response."})
     seed: int = field(default=0, metadata={"help": "Sampling seed."})
     prompt_template: Literal["r1", "still2", "raw"] = field(default="r1", metadata={"help": "Prompt wording (as in eval)."})
@@ -67,6 +68,7 @@ class DistillConfig(BackendSettings, ToolSettings):
 
     def __post_init__(self):
         require(bool(self.teacher), "distill needs --teacher (a served model name, a model folder, or arith)")
+        require(self.top_k >= 0, f"top_k = {self.top_k} must be >= 0 (0 = off)")
         require(bool(self.data), "distill needs --data problems, e.g. --data math_train")
         require(bool(self.output), "distill needs an output; add -o distilled.jsonl (or -o - for stdout)")
         require(self.n >= 1, f"n = {self.n} must be >= 1")
@@ -76,7 +78,7 @@ class DistillConfig(BackendSettings, ToolSettings):
         require(0 <= self.decontaminate_threshold < 1, f"decontaminate_threshold = {self.decontaminate_threshold} must be in [0, 1)")
 
 
-_SAMPLE_KEYS = ("teacher", "backend", "n", "temperature", "top_p", "max_tokens", "seed", "prompt_template",
+_SAMPLE_KEYS = ("teacher", "backend", "n", "temperature", "top_p", "top_k", "max_tokens", "seed", "prompt_template",
                 "system_prompt", "prefill_think", "tools", "max_tool_calls", "response_format", "keep_per_problem", "keep_order",
                 "max_response_tokens")
 
@@ -133,8 +135,8 @@ def _rows_for(c: DistillConfig, p: dict[str, Any], completions: list[Any], verdi
         correct = [x for x in correct if x["num_tokens"] <= c.max_response_tokens]
     kept = select(correct, c.keep_per_problem, c.keep_order)
     n_ok = sum(verdicts)
-    sampling = {"backend": c.backend, "temperature": c.temperature, "top_p": c.top_p, "max_tokens": c.max_tokens,
-                "seed": c.seed, "prompt_template": c.prompt_template}
+    sampling = {"backend": c.backend, "temperature": c.temperature, "top_p": c.top_p, "top_k": c.top_k,
+                "max_tokens": c.max_tokens, "seed": c.seed, "prompt_template": c.prompt_template}
     prefilled = c.prefill_think and c.backend in ("hf", "vllm")
     return [{"id": p["id"], "problem": p["problem"], "answer": p["answer"],
              "messages": prompt_messages(p["problem"], c.prompt_template, c.system_prompt)
@@ -183,7 +185,8 @@ def run(c: DistillConfig) -> dict[str, Any]:
         sampler = sampler_from_config(c, c.teacher)
         prompts = [build_prompt(sampler, p["problem"], c.prompt_template, c.system_prompt, c.prefill_think)
                    for p in todo]
-        params = SamplingParams(n=c.n, temperature=c.temperature, top_p=c.top_p, max_tokens=c.max_tokens, seed=c.seed)
+        params = SamplingParams(n=c.n, temperature=c.temperature, top_p=c.top_p, top_k=c.top_k,
+                                max_tokens=c.max_tokens, seed=c.seed)
         stats = Counter()
         with Progress(console=Console(stderr=True), transient=True) as bar:
             task = bar.add_task("distill", total=len(todo))

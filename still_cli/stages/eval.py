@@ -40,6 +40,7 @@ class EvalConfig(BackendSettings, ToolSettings):
     n: int = field(default=1, metadata={"help": "Samples per problem."})
     temperature: float = field(default=0.6, metadata={"help": "Sampling temperature; 0 = greedy."})
     top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling mass."})
+    top_k: int = field(default=0, metadata={"help": "Sample from the k most likely tokens only; 0 = off."})
     max_tokens: int = field(default=32768, metadata={"help": "Max new tokens per response."})
     seed: int = field(default=0, metadata={"help": "Sampling seed."})
     pass_k: list[int] = field(default_factory=list, metadata={
@@ -63,6 +64,7 @@ class EvalConfig(BackendSettings, ToolSettings):
 
     def __post_init__(self):
         require(bool(self.output), "eval needs an output folder; add -o runs/eval-NAME")
+        require(self.top_k >= 0, f"top_k = {self.top_k} must be >= 0 (0 = off)")
         require(self.n >= 1, f"n = {self.n} must be >= 1")
         require(self.max_tokens >= 1, f"max_tokens = {self.max_tokens} must be >= 1")
         require(0 <= self.temperature, f"temperature = {self.temperature} must be >= 0")
@@ -81,7 +83,7 @@ class EvalConfig(BackendSettings, ToolSettings):
 
 
 # Settings that change what a sample is; a resumed run must match them.
-_SAMPLE_KEYS = ("model", "n", "temperature", "top_p", "max_tokens", "seed", "prompt_template",
+_SAMPLE_KEYS = ("model", "n", "temperature", "top_p", "top_k", "max_tokens", "seed", "prompt_template",
                 "system_prompt", "prefill_think", "tools", "max_tool_calls")
 
 
@@ -120,7 +122,7 @@ def _sample_benchmark(config: EvalConfig, sampler: Any, bench: str, appender: An
     todo = [p for p in problems if any((bench, p["id"], i) not in done for i in range(config.n))]
     if len(todo) < len(problems):
         log.info("%s: %d/%d problems already sampled, resuming", bench, len(problems) - len(todo), len(problems))
-    params = SamplingParams(n=config.n, temperature=config.temperature, top_p=config.top_p,
+    params = SamplingParams(n=config.n, temperature=config.temperature, top_p=config.top_p, top_k=config.top_k,
                             max_tokens=config.max_tokens, seed=config.seed)
     per_call = max(1, config.batch_size // config.n)
     with Progress(console=Console(stderr=True), transient=True) as bar:  # stdout is for results

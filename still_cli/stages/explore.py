@@ -46,6 +46,7 @@ class ExploreConfig(BackendSettings, ToolSettings):
     n: int = field(default=16, metadata={"help": "Rollouts per problem."})
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (exploration wants > eval's 0.6)."})
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass."})
+    top_k: int = field(default=0, metadata={"help": "Sample from the k most likely tokens only; 0 = off."})
     max_tokens: int = field(default=32768, metadata={"help": "Max new tokens per rollout."})
     seed: int = field(default=0, metadata={"help": "Sampling seed."})
     prompt_template: Literal["r1", "still2", "raw"] = field(default="r1", metadata={"help": "Prompt wording (as in eval)."})
@@ -66,13 +67,14 @@ class ExploreConfig(BackendSettings, ToolSettings):
 
     def __post_init__(self):
         require(bool(self.model), "explore needs --model (a folder, hub id, or served model name)")
+        require(self.top_k >= 0, f"top_k = {self.top_k} must be >= 0 (0 = off)")
         require(bool(self.data), "explore needs --data problems, e.g. --data math_train")
         require(bool(self.output), "explore needs an output folder; add -o runs/explore (or -o - for stdout)")
         require(self.n >= 2, f"n = {self.n}: exploring needs >= 2 rollouts per problem")
         require(self.keep_per_problem is None or self.keep_per_problem >= 1, "keep_per_problem must be >= 1 or null")
 
 
-_SAMPLE_KEYS = ("model", "backend", "n", "temperature", "top_p", "max_tokens", "seed", "prompt_template",
+_SAMPLE_KEYS = ("model", "backend", "n", "temperature", "top_p", "top_k", "max_tokens", "seed", "prompt_template",
                 "system_prompt", "prefill_think", "tools", "max_tool_calls")
 
 
@@ -138,7 +140,8 @@ def _sample(c: ExploreConfig, todo: list[dict[str, Any]], positions: dict[str, i
 
     sampler = sampler_from_config(c, c.model)
     prompts = [build_prompt(sampler, p["problem"], c.prompt_template, c.system_prompt, c.prefill_think) for p in todo]
-    params = SamplingParams(n=c.n, temperature=c.temperature, top_p=c.top_p, max_tokens=c.max_tokens, seed=c.seed)
+    params = SamplingParams(n=c.n, temperature=c.temperature, top_p=c.top_p, top_k=c.top_k,
+                            max_tokens=c.max_tokens, seed=c.seed)
     seeds = [c.seed + positions[p["id"]] * c.n for p in todo]
     with Progress(console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task("explore", total=len(todo))

@@ -45,6 +45,7 @@ class HintEngineerConfig(BackendSettings):
     n: int = field(default=4, metadata={"help": "Continuations per hinted prefix."})
     temperature: float = field(default=0.6, metadata={"help": "Sampling temperature."})
     top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling mass."})
+    top_k: int = field(default=0, metadata={"help": "Sample from the k most likely tokens only; 0 = off."})
     max_tokens: int = field(default=8192, metadata={"help": "Max new tokens per continuation (model + executor output)."})
     seed: int = field(default=0, metadata={"help": "Sampling seed."})
     prompt_template: Literal["r1", "still2", "raw"] = field(default="r1", metadata={"help": "Prompt wording for bare problems."})
@@ -65,6 +66,7 @@ class HintEngineerConfig(BackendSettings):
         from ..hints import KINDS
 
         require(bool(self.model), "hint-engineer needs --model to continue the hinted traces")
+        require(self.top_k >= 0, f"top_k = {self.top_k} must be >= 0 (0 = off)")
         require(bool(self.data), "hint-engineer needs --data traces or problems, e.g. --data distilled.jsonl")
         require(bool(self.output), "hint-engineer needs an output; add -o hinted.jsonl (or -o - for stdout)")
         require(self.batch_size >= 1, f"--batch-size {self.batch_size} must be >= 1")
@@ -158,7 +160,8 @@ def run(c: HintEngineerConfig) -> dict[str, Any]:
             have = {r["source_id"] for r in out.existing}
             done |= have  # rows are written before the ledger line; a row set on disk is finished
         sampler = sampler_from_config(c, c.model)
-        params = SamplingParams(n=c.n, temperature=c.temperature, top_p=c.top_p, max_tokens=c.max_tokens, seed=c.seed)
+        params = SamplingParams(n=c.n, temperature=c.temperature, top_p=c.top_p, top_k=c.top_k,
+                                max_tokens=c.max_tokens, seed=c.seed)
         todo = []
         for row in rows:
             if row["id"] in done:
@@ -197,7 +200,7 @@ def run(c: HintEngineerConfig) -> dict[str, Any]:
                             "hint": kind, "hint_position": h.position, "tool_calls": len(g["calls"]),
                             "num_tokens": g["num_tokens"], "model": c.model,
                             "sampling": {"backend": c.backend, "temperature": c.temperature, "top_p": c.top_p,
-                                         "max_tokens": c.max_tokens, "seed": c.seed}})
+                                         "top_k": c.top_k, "max_tokens": c.max_tokens, "seed": c.seed}})
                 batch_rows += kept_rows
                 batch_ledger.append({"id": row["id"], "hints": [k for k, _ in hints], "kept": len(kept_rows)})
                 stats.update(rows=1, kept=len(kept_rows), no_hint=0 if hints else 1)
