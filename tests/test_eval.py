@@ -157,3 +157,8 @@ def test_hf_sampling_follows_the_call_not_the_models_generation_config(tmp_path,
     assert len(set(first)) > 100
     capped = [c.token_ids[0] for c in sampler.generate(["What is 2 + 2?"], replace(params, top_k=5))[0]]
     assert len(set(capped)) <= 5
+
+
+def test_negative_top_k_is_a_one_line_error(tmp_path):
+    r = run_cli("eval", "gsm8k", "--model", "no-such-model", "--top-k", "-1", "-o", str(tmp_path / "run"))
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "top_k = -1 must be >= 0 (0 = off)" in r.stderr

@@ -79,3 +79,11 @@ def test_completions_endpoint_and_a_real_model_behind_http(tiny_model):
     assert len(outs) == 2 and all(isinstance(o.text, str) for o in outs)
     assert [r["path"] for r in srv.requests] == ["/v1/completions"] * 2
     assert {r["body"]["seed"] for r in srv.requests} == {5, 6}  # each sample its own seed
+
+
+def test_top_k_is_sent_only_when_set():
+    """`top_k` is not an OpenAI parameter (OpenAI's API refuses it); vLLM / SGLang servers take it."""
+    with TeacherServer(arith_responder) as srv:
+        _sampler([srv.url]).generate([PROMPT], SamplingParams(n=1, max_tokens=50, seed=1))
+        _sampler([srv.url]).generate([PROMPT], SamplingParams(n=1, max_tokens=50, seed=1, top_k=20))
+    assert "top_k" not in srv.requests[0]["body"] and srv.requests[1]["body"]["top_k"] == 20
