@@ -162,3 +162,72 @@ def test_hf_sampling_follows_the_call_not_the_models_generation_config(tmp_path,
 def test_negative_top_k_is_a_one_line_error(tmp_path):
     r = run_cli("eval", "gsm8k", "--model", "no-such-model", "--top-k", "-1", "-o", str(tmp_path / "run"))
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "top_k = -1 must be >= 0 (0 = off)" in r.stderr
+
+
+@pytest.mark.parametrize("which", ["tiny_model", "sft_model"])
+def test_hf_growing_kv_cache_samples_the_same_tokens_without_copying_the_cache_each_step(which, request):
+    """The hf backend hands generate() a cache that writes each step into a preallocated buffer instead
+    of transformers' DynamicCache, which concatenates the whole cache at every step. The draws must be
+    the very tokens the default cache gives (same seed, batched, left-padded prompts of different
+    lengths, rows that stop early beside rows that run to max_tokens; an untrained and an SFT model), and
+    the buffer must be reused across steps: a handful of allocations per layer, not one per step."""
+    from transformers.cache_utils import DynamicCache
+
+    from still_cli.sampling import SamplingParams
+    from still_cli.sampling.hf import HFSampler
+
+    sampler = HFSampler(str(request.getfixturevalue(which)), batch_size=8)
+    assert sampler._cache_kwarg == "cache"  # transformers 5.24 takes the cache as `cache`
+    prompts = ["What is 2 + 2?", "Compute 17 * 23 and explain every step of the way, please."]
+    params = SamplingParams(n=4, temperature=1.0, top_p=0.95, top_k=0, max_tokens=200, seed=3)
+
+    buffers: dict[int, set[int]] = {}
+    make = sampler._growing_cache
+
+    def recording_cache(limit):
+        cache = make(limit)
+        assert isinstance(cache, DynamicCache)
+        for i, layer in enumerate(cache.layers):
+            update = layer.update
+
+            def spy(k, v, *a, _update=update, _layer=layer, _i=i, **kw):
+                out = _update(k, v, *a, **kw)
+                buffers.setdefault(_i, set()).add(_layer._kbuf.data_ptr())
+                return out
+            layer.update = spy
+        return cache
+
+    sampler._growing_cache = recording_cache
+    grown = sampler.generate(prompts, params)
+    sampler._cache_kwarg = None  # transformers' own DynamicCache
+    default = sampler.generate(prompts, params)
+    assert [c.token_ids for cs in grown for c in cs] == [c.token_ids for cs in default for c in cs]
+    # rows that stopped early and rows that ran to max_tokens, in the same batches
+    assert {c.finish_reason for cs in default for c in cs} == {"length", "stop"}
+    assert buffers and all(len(ptrs) <= 4 for ptrs in buffers.values()), buffers
+
+
+def test_growing_kv_cache_layer_after_the_batch_is_narrowed(tiny_model):
+    """generate() may drop rows from the cache (batch_select_indices) or crop it; the layer must then go
+    on returning exactly what concatenation would, starting a new buffer from what is left."""
+    import torch
+
+    from still_cli.sampling.hf import _growing_layer_class
+
+    layer = _growing_layer_class()(limit=40)
+    ref = None
+    torch.manual_seed(0)
+    for step in range(30):
+        k, v = torch.randn(4 if step < 10 else 2, 1, 3 if step == 0 else 1, 8), None
+        v = k * 2
+        if step == 10:  # keep rows 1 and 3
+            idx = torch.tensor([1, 3])
+            layer.batch_select_indices(idx)
+            ref = ref[idx]
+        if step == 20:
+            layer.crop(-5)
+            ref = ref[:, :, :-5]
+        keys, values = layer.update(k, v)
+        ref = k if ref is None else torch.cat([ref, k], dim=-2)
+        assert torch.equal(keys, ref) and torch.equal(values, ref * 2)
+    assert keys.shape[-2] == layer.get_seq_length() == 3 + 29 - 5

@@ -1,7 +1,8 @@
-"""transformers `generate` backend: batched, left-padded, stop strings; runs on CPU."""
+"""transformers `generate` backend: batched, left-padded, stop strings, a growing KV cache; runs on CPU."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from ..errors import ModelError
@@ -18,6 +19,54 @@ _NEUTRAL = dict(typical_p=1.0, min_p=None, top_h=None, epsilon_cutoff=0.0, eta_c
                 exponential_decay_length_penalty=None, forced_bos_token_id=None, forced_eos_token_id=None,
                 guidance_scale=None, num_beams=1, num_beam_groups=1, penalty_alpha=None, dola_layers=None,
                 watermarking_config=None)
+
+
+@functools.cache
+def _growing_layer_class() -> type | None:
+    """A transformers KV-cache layer that writes each step into a preallocated buffer and hands attention a
+    view of it. Hand-written because none of the libraries has one: transformers' `DynamicLayer` concatenates
+    the whole cache with the new step's keys and values at every step (so a generation of L tokens copies
+    O(L^2) cache), and its `StaticCache` makes every step attend over the whole preallocated length. This
+    layer returns exactly the tensors `DynamicLayer` would (the same values and shape; tests/test_eval.py
+    checks the sampled tokens are identical), grown geometrically up to the call's prompt + max_new_tokens.
+    Measured on CPU here (benchmarks/generate_cache.py, untrained tiny model, 64 rows run to full length):
+    1.01x at 128 new tokens, 1.59x at 512, 1.97x at 1,024; the demo's held-out eval (1,200 samples of up to
+    128 tokens) 12.8 -> 12.2 s. Not measured on a GPU. None when this transformers has no `DynamicLayer`
+    (generate() then builds its default cache)."""
+    try:
+        from transformers.cache_utils import DynamicLayer
+    except ImportError:
+        return None
+
+    class GrowingLayer(DynamicLayer):
+        def __init__(self, limit: int):
+            super().__init__()
+            self.limit = limit  # the longest the cache can get in this generate call
+            self._kbuf = self._vbuf = None
+
+        def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            n = self.keys.shape[-2] if self.keys.numel() else 0
+            new = n + key_states.shape[-2]
+            # the buffer is reused only while `keys` is still the view this layer made (batch_select_indices,
+            # reorder_cache or crop may have replaced or narrowed it; those start a new buffer from `keys`)
+            fresh = (self._kbuf is None or not n or self.keys.data_ptr() != self._kbuf.data_ptr()
+                     or self.keys.shape[:2] != self._kbuf.shape[:2] or new > self._kbuf.shape[-2])
+            if fresh:
+                cap = max(new, min(self.limit, max(2 * new, new + 64)))
+                kbuf = key_states.new_empty(*key_states.shape[:2], cap, key_states.shape[-1])
+                vbuf = value_states.new_empty(*value_states.shape[:2], cap, value_states.shape[-1])
+                if n:
+                    kbuf[:, :, :n] = self.keys
+                    vbuf[:, :, :n] = self.values
+                self._kbuf, self._vbuf = kbuf, vbuf
+            self._kbuf[:, :, n:new] = key_states
+            self._vbuf[:, :, n:new] = value_states
+            self.keys, self.values = self._kbuf[:, :, :new], self._vbuf[:, :, :new]
+            return self.keys, self.values
+
+    return GrowingLayer
 
 
 class HFSampler:
@@ -43,6 +92,7 @@ class HFSampler:
 
         known = GenerationConfig().to_dict()  # settings this transformers version has (kwargs it would refuse)
         self._neutral = {k: v for k, v in _NEUTRAL.items() if k in known}
+        self._cache_kwarg = self._growing_cache_kwarg()
         eos = self.model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         self.eos_ids.add(self.tokenizer.eos_token_id)
@@ -64,12 +114,41 @@ class HFSampler:
                 kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
             if params.stop:
                 kwargs.update(stop_strings=params.stop, tokenizer=self.tokenizer)
+            if self._cache_kwarg:
+                kwargs[self._cache_kwarg] = self._growing_cache(enc["input_ids"].shape[1] + params.max_tokens)
             with torch.no_grad():
                 seqs = self.model.generate(**enc, **kwargs)
             gen = seqs[:, enc["input_ids"].shape[1]:]  # (B, T_new)
             for row in gen.tolist():
                 out.append(self._completion(row, params))
         return [out[i * params.n:(i + 1) * params.n] for i in range(len(prompts))]
+
+    def _growing_cache_kwarg(self) -> str | None:
+        """The generate() keyword that takes a cache object ("cache" since transformers renamed it,
+        "past_key_values" before), or None where the growing cache does not apply: the model or its
+        generation_config asks for another cache (static, sliding, quantized...), or it is not a plain
+        decoder-only model."""
+        import inspect
+
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model  # peft
+        gen = getattr(base, "generation_config", None)
+        supports = getattr(type(base), "_supports_default_dynamic_cache", None)
+        if (_growing_layer_class() is None or base.config.is_encoder_decoder or supports is None or not supports()
+                or getattr(gen, "cache_implementation", None) not in (None, "dynamic")):
+            return None
+        params = inspect.signature(type(base).forward).parameters
+        return "cache" if "cache" in params else "past_key_values" if "past_key_values" in params else None
+
+    def _growing_cache(self, limit: int) -> Any:
+        """transformers' DynamicCache for this model with every full-attention layer a growing one (sliding
+        window and other special layers keep their own kind)."""
+        from transformers.cache_utils import DynamicCache, DynamicLayer
+
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        cache = DynamicCache(config=base.config.get_text_config(decoder=True))
+        layer = _growing_layer_class()
+        cache.layers = [layer(limit) if type(x) is DynamicLayer else x for x in cache.layers]
+        return cache
 
     def _completion(self, ids: list[int], params: SamplingParams) -> Completion:
         # Cut at the first end-of-sequence token; padding after it is not part of the response.
