@@ -204,6 +204,8 @@ def test_hf_growing_kv_cache_samples_the_same_tokens_without_copying_the_cache_e
     assert [c.token_ids for cs in grown for c in cs] == [c.token_ids for cs in default for c in cs]
     # rows that stopped early and rows that ran to max_tokens, in the same batches
     assert {c.finish_reason for cs in default for c in cs} == {"length", "stop"}
+    # a 31-token prompt + 200 new ones, grown by max(25%, 64 positions) up to that limit: buffers of 95, 160,
+    # 225 and 231 positions (fewer when every row stops early)
     assert buffers and all(len(ptrs) <= 4 for ptrs in buffers.values()), buffers
 
 
