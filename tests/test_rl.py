@@ -62,6 +62,31 @@ def test_rl_changes_weights_with_rewards_that_vary(sft_model, tmp_path):
     assert bad.returncode == 1 and "holds no report.json" in bad.stderr
 
 
+def test_rollouts_with_the_growing_kv_cache_train_exactly_as_with_transformers_cache(sft_model, tmp_path,
+                                                                                        monkeypatch):
+    """TRL's own rollout generation gets the hf backend's growing KV cache. The run must be the very run
+    transformers' DynamicCache gives: the same completions (their rewards and lengths per step) and the same
+    weights after training, to the bit. The reference run switches the growing cache off."""
+    from still_cli.sampling import hf
+    from still_cli.stages.rl import RLConfig, run
+
+    made = []
+    real = hf.growing_cache
+    monkeypatch.setattr(hf, "growing_cache", lambda model, limit: made.append(limit) or real(model, limit))
+    cfg = dict(model=str(sft_model), data=str(RL_DATA), max_steps=3, rewards=["accuracy", "length"], **SMALL)
+    grown = run(RLConfig(output=str(tmp_path / "grown"), **cfg))
+    assert len(made) == 3  # one generate call per step (8 prompts x 4 generations)
+    monkeypatch.setattr(hf, "growing_cache_kwarg", lambda model: None)
+    default = run(RLConfig(output=str(tmp_path / "default"), **cfg))
+    assert len(made) == 3
+    keys = ("reward", "reward_std", "completions/mean_length", "completions/min_length", "completions/max_length")
+    rows = [[{k: r[k] for k in keys} for r in _metrics(out) if "reward" in r] for out in (grown, default)]
+    assert rows[0] == rows[1] and len(rows[0]) == 3
+    a, b = _weights(grown), _weights(default)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], v) for k, v in _weights(sft_model).items())  # and training did move them
+
+
 def test_optimizer_settings_reach_the_trainer(sft_model, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -72,6 +72,38 @@ def _growing_layer_class() -> type | None:
     return GrowingLayer
 
 
+def _base(model: Any) -> Any:
+    return model.get_base_model() if hasattr(model, "get_base_model") else model  # peft wraps the model
+
+
+def growing_cache_kwarg(model: Any) -> str | None:
+    """The generate() keyword that takes a cache object ("cache" since transformers renamed it,
+    "past_key_values" before), or None where the growing cache does not apply: the model or its
+    generation_config asks for another cache (static, sliding, quantized...), or it is not a plain
+    decoder-only model."""
+    import inspect
+
+    base = _base(model)
+    supports = getattr(type(base), "_supports_default_dynamic_cache", None)
+    wanted = getattr(getattr(base, "generation_config", None), "cache_implementation", None)
+    if (_growing_layer_class() is None or base.config.is_encoder_decoder or supports is None or not supports()
+            or wanted not in (None, "dynamic")):
+        return None
+    params = inspect.signature(type(base).forward).parameters
+    return "cache" if "cache" in params else "past_key_values" if "past_key_values" in params else None
+
+
+def growing_cache(model: Any, limit: int) -> Any:
+    """transformers' DynamicCache for `model` with every full-attention layer a growing one that holds up to
+    `limit` positions (sliding-window and other special layers keep their own kind)."""
+    from transformers.cache_utils import DynamicCache, DynamicLayer
+
+    cache = DynamicCache(config=_base(model).config.get_text_config(decoder=True))
+    layer = _growing_layer_class()
+    cache.layers = [layer(limit) if type(x) is DynamicLayer else x for x in cache.layers]
+    return cache
+
+
 class HFSampler:
     def __init__(self, model: str, *, batch_size: int = 32, dtype: str = "auto", device: str | None = None,
                  model_obj: Any = None, tokenizer: Any = None):
@@ -95,7 +127,7 @@ class HFSampler:
 
         known = GenerationConfig().to_dict()  # settings this transformers version has (kwargs it would refuse)
         self._neutral = {k: v for k, v in _NEUTRAL.items() if k in known}
-        self._cache_kwarg = self._growing_cache_kwarg()
+        self._cache_kwarg = growing_cache_kwarg(self.model)
         eos = self.model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         self.eos_ids.add(self.tokenizer.eos_token_id)
@@ -126,32 +158,8 @@ class HFSampler:
                 out.append(self._completion(row, params))
         return [out[i * params.n:(i + 1) * params.n] for i in range(len(prompts))]
 
-    def _growing_cache_kwarg(self) -> str | None:
-        """The generate() keyword that takes a cache object ("cache" since transformers renamed it,
-        "past_key_values" before), or None where the growing cache does not apply: the model or its
-        generation_config asks for another cache (static, sliding, quantized...), or it is not a plain
-        decoder-only model."""
-        import inspect
-
-        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model  # peft
-        gen = getattr(base, "generation_config", None)
-        supports = getattr(type(base), "_supports_default_dynamic_cache", None)
-        if (_growing_layer_class() is None or base.config.is_encoder_decoder or supports is None or not supports()
-                or getattr(gen, "cache_implementation", None) not in (None, "dynamic")):
-            return None
-        params = inspect.signature(type(base).forward).parameters
-        return "cache" if "cache" in params else "past_key_values" if "past_key_values" in params else None
-
     def _growing_cache(self, limit: int) -> Any:
-        """transformers' DynamicCache for this model with every full-attention layer a growing one (sliding
-        window and other special layers keep their own kind)."""
-        from transformers.cache_utils import DynamicCache, DynamicLayer
-
-        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        cache = DynamicCache(config=base.config.get_text_config(decoder=True))
-        layer = _growing_layer_class()
-        cache.layers = [layer(limit) if type(x) is DynamicLayer else x for x in cache.layers]
-        return cache
+        return growing_cache(self.model, limit)
 
     def _completion(self, ids: list[int], params: SamplingParams) -> Completion:
         # Cut at the first end-of-sequence token; padding after it is not part of the response.
