@@ -209,7 +209,7 @@ def test_hf_growing_kv_cache_samples_the_same_tokens_without_copying_the_cache_e
     assert buffers and all(len(ptrs) <= 4 for ptrs in buffers.values()), buffers
 
 
-def test_growing_kv_cache_layer_after_the_batch_is_narrowed(tiny_model):
+def test_growing_kv_cache_layer_after_the_batch_is_narrowed():
     """generate() may drop rows from the cache (batch_select_indices) or crop it; the layer must then go
     on returning exactly what concatenation would, starting a new buffer from what is left."""
     import torch
@@ -220,7 +220,7 @@ def test_growing_kv_cache_layer_after_the_batch_is_narrowed(tiny_model):
     ref = None
     torch.manual_seed(0)
     for step in range(30):
-        k, v = torch.randn(4 if step < 10 else 2, 1, 3 if step == 0 else 1, 8), None
+        k = torch.randn(4 if step < 10 else 2, 1, 3 if step == 0 else 1, 8)
         v = k * 2
         if step == 10:  # keep rows 1 and 3
             idx = torch.tensor([1, 3])

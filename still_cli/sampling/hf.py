@@ -32,8 +32,8 @@ def _growing_layer_class() -> type | None:
     max_new_tokens.
     Measured on CPU here (benchmarks/generate_cache.py, untrained tiny model, 64 rows run to full length):
     1.03x at 128 new tokens, 1.60x at 512, 2.10x at 1,024; the demo's held-out eval (1,200 samples of up to
-    128 tokens, answers ~70) 10.8 / 10.7 s -> 10.1 / 10.4 s. Not measured on a GPU. None when this transformers has no `DynamicLayer`
-    (generate() then builds its default cache)."""
+    128 tokens, answers ~70) 10.8 / 10.7 s -> 10.1 / 10.4 s. Not measured on a GPU. None when this
+    transformers has no `DynamicLayer` (generate() then builds its default cache)."""
     try:
         from transformers.cache_utils import DynamicLayer
     except ImportError:
