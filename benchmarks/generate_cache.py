@@ -7,8 +7,8 @@ cache object handed to `generate()` (the default side passes none, so transforme
 DynamicCache, which concatenates the whole cache at every step). Runs alternate (default, growing,
 default, ...) so machine noise hits both; the medians, their ratio and whether the sampled tokens are
 identical are printed per generation length. Without --model a tiny untrained model is built in a temp
-folder (it never emits end-of-sequence, so every row runs to the full length: the worst case for the
-default cache). Rows per call: --batch (default 64).
+folder: it rarely emits end-of-sequence, and a batch runs until its last row stops, so the calls run to
+the full length (the worst case for the default cache). Rows per call: --batch (default 64).
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ def main() -> None:
         sampler = HFSampler(model, batch_size=args.batch)
         growing = sampler._cache_kwarg
         if growing is None:
-            sys.exit(f"{model}: the growing cache does not apply to this model (see HFSampler._growing_cache_kwarg)")
+            sys.exit(f"{model}: the growing cache does not apply to this model (see growing_cache_kwarg in "
+                     f"still_cli/sampling/hf.py)")
         prompts = [sampler.tokenizer.apply_chat_template([{"role": "user", "content": f"What is {i} + {2 * i}?"}],
                                                          tokenize=False, add_generation_prompt=True)
                    for i in range(args.batch)]
