@@ -165,7 +165,8 @@ def test_negative_top_k_is_a_one_line_error(tmp_path):
 
 
 @pytest.mark.parametrize("which", ["tiny_model", "sft_model"])
-def test_hf_growing_kv_cache_samples_the_same_tokens_without_copying_the_cache_each_step(which, request):
+def test_hf_growing_kv_cache_samples_the_same_tokens_without_copying_the_cache_each_step(which, request,
+                                                                                        monkeypatch):
     """The hf backend hands generate() a cache that writes each step into a preallocated buffer instead
     of transformers' DynamicCache, which concatenates the whole cache at every step. The draws must be
     the very tokens the default cache gives (same seed, batched, left-padded prompts of different
@@ -173,7 +174,7 @@ def test_hf_growing_kv_cache_samples_the_same_tokens_without_copying_the_cache_e
     the buffer must be reused across steps: a handful of allocations per layer, not one per step."""
     from transformers.cache_utils import DynamicCache
 
-    from still_cli.sampling import SamplingParams
+    from still_cli.sampling import SamplingParams, hf
     from still_cli.sampling.hf import HFSampler
 
     sampler = HFSampler(str(request.getfixturevalue(which)), batch_size=8)
@@ -182,10 +183,10 @@ def test_hf_growing_kv_cache_samples_the_same_tokens_without_copying_the_cache_e
     params = SamplingParams(n=4, temperature=1.0, top_p=0.95, top_k=0, max_tokens=200, seed=3)
 
     buffers: dict[int, set[int]] = {}
-    make = sampler._growing_cache
+    make = hf.growing_cache
 
-    def recording_cache(limit):
-        cache = make(limit)
+    def recording_cache(model, limit):
+        cache = make(model, limit)
         assert isinstance(cache, DynamicCache)
         for i, layer in enumerate(cache.layers):
             update = layer.update
@@ -197,7 +198,7 @@ def test_hf_growing_kv_cache_samples_the_same_tokens_without_copying_the_cache_e
             layer.update = spy
         return cache
 
-    sampler._growing_cache = recording_cache
+    monkeypatch.setattr(hf, "growing_cache", recording_cache)
     grown = sampler.generate(prompts, params)
     sampler._cache_kwarg = None  # transformers' own DynamicCache
     default = sampler.generate(prompts, params)

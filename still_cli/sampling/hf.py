@@ -150,16 +150,13 @@ class HFSampler:
             if params.stop:
                 kwargs.update(stop_strings=params.stop, tokenizer=self.tokenizer)
             if self._cache_kwarg:
-                kwargs[self._cache_kwarg] = self._growing_cache(enc["input_ids"].shape[1] + params.max_tokens)
+                kwargs[self._cache_kwarg] = growing_cache(self.model, enc["input_ids"].shape[1] + params.max_tokens)
             with torch.no_grad():
                 seqs = self.model.generate(**enc, **kwargs)
             gen = seqs[:, enc["input_ids"].shape[1]:]  # (B, T_new)
             for row in gen.tolist():
                 out.append(self._completion(row, params))
         return [out[i * params.n:(i + 1) * params.n] for i in range(len(prompts))]
-
-    def _growing_cache(self, limit: int) -> Any:
-        return growing_cache(self.model, limit)
 
     def _completion(self, ids: list[int], params: SamplingParams) -> Completion:
         # Cut at the first end-of-sequence token; padding after it is not part of the response.
