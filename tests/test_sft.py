@@ -119,6 +119,19 @@ def test_scheduler_kwargs_reach_the_schedule(tiny_model, sft_rows, tmp_path):
     assert all(a > b for a, b in itertools.pairwise(lrs[8:])) and lrs[-1] < 2e-4  # decay over the last 4
 
 
+def test_weight_decay_shrinks_matrices_but_not_norms(tiny_model, sft_rows, tmp_path):
+    """--weight-decay reaches AdamW (the demo's distill SFT uses 0.1): weight matrices shrink by (1 - lr * wd)
+    per step on top of Adam's update, while RMSNorm weights stay out of the decay, as transformers groups them."""
+    kw = dict(max_steps=4, learning_rate=1e-3, lr_scheduler_type="constant", save_steps=100)
+    plain = _weights(run(_cfg(tiny_model, sft_rows, tmp_path / "wd0", **kw)))
+    decayed = _weights(run(_cfg(tiny_model, sft_rows, tmp_path / "wd100", weight_decay=100.0, **kw)))
+    q = "model.layers.0.self_attn.q_proj.weight"
+    # 4 steps of (1 - 1e-3 * 100): 0.66 of the norm, give or take Adam's drift
+    assert decayed[q].norm() < 0.8 * plain[q].norm()
+    norm = "model.layers.0.input_layernorm.weight"
+    assert decayed[norm].mean() > 0.98 and abs(decayed[norm].mean() - plain[norm].mean()) < 0.01
+
+
 @pytest.mark.parametrize("args, message", [
     (["--lr-scheduler-type", "wsd"], "lr_scheduler_type 'wsd' is unknown; use one of"),
     (["--lr-scheduler-type", "warmup_stable_decay"], "needs lr_scheduler_kwargs num_decay_steps"),
