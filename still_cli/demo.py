@@ -106,9 +106,9 @@ class Plan:
     # AdamW weight decay of the distill SFT (900 steps at lr 3e-3). The step where the arithmetic "clicks"
     # (the loss falls from ~0.15 to ~0.05) is chaotic: any change to the float rounding, another CPU among
     # them, moves it. On a Xeon of CPU model 207, decay 0.1 brought it earlier on seeds 0-3 (seed 0: no click
-    # -> step 700, 13.3 -> 32.0% held-out) and later on seed 4, which it left unclicked (38.2% from 1 sample -> 13.9%): one
-    # seed of five failed either way, so it is another draw, not a fix; 0.3 did not click at seed 0
-    # (docs/demo-notes.md, "A different CPU")
+    # -> step 700, 13.3 -> 32.0% held-out) and later on seed 4, which it left unclicked (38.2% from 1 sample
+    # -> 13.9%): one seed of five failed either way, so it is another draw, not a fix; 0.3 did not click at
+    # seed 0 (docs/demo-notes.md, "A different CPU")
     sft_weight_decay: float = 0.0
     # the same for the tool SFT, where copying the two numbers into code "clicks" as suddenly: on that CPU decay
     # 0.1 took seed 3 from 13% to 100% on big problems with tools, and the other four seeds stayed at 98.7-100%

@@ -120,7 +120,7 @@ def test_scheduler_kwargs_reach_the_schedule(tiny_model, sft_rows, tmp_path):
 
 
 def test_weight_decay_shrinks_matrices_but_not_norms(tiny_model, sft_rows, tmp_path):
-    """--weight-decay reaches AdamW (the demo's distill SFT uses 0.1): weight matrices shrink by (1 - lr * wd)
+    """--weight-decay reaches AdamW (the demo's distill and tool SFT use 0.1): matrices shrink by (1 - lr * wd)
     per step on top of Adam's update, while RMSNorm weights stay out of the decay, as transformers groups them."""
     kw = dict(max_steps=4, learning_rate=1e-3, lr_scheduler_type="constant", save_steps=100)
     plain = _weights(run(_cfg(tiny_model, sft_rows, tmp_path / "wd0", **kw)))
