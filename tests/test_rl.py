@@ -97,12 +97,13 @@ def test_optimizer_settings_reach_the_trainer(sft_model, tmp_path):
     built = {}
     for optim, eps in (("sgd", 1e-8), ("adamw_torch", 1e-3)):
         c = RLConfig(model=str(sft_model), data=str(RL_DATA), output=str(tmp_path), optim=optim, adam_epsilon=eps,
-                     **SMALL)
+                     adam_beta1=0.8, adam_beta2=0.95, **SMALL)
         trainer = _build_trainer(c, {"name": "all", "max_steps": 1}, 0, model, tok, problems, tmp_path / optim,
                                  tmp_path, 0, False)
         built[optim] = trainer.create_optimizer()
     assert isinstance(built["sgd"], torch.optim.SGD)
     assert isinstance(built["adamw_torch"], torch.optim.AdamW) and built["adamw_torch"].defaults["eps"] == 1e-3
+    assert built["adamw_torch"].defaults["betas"] == (0.8, 0.95)
     # the scheduler's own arguments: warmup-stable-decay over a 10-step stage, the last 4 decaying
     c = RLConfig(model=str(sft_model), data=str(RL_DATA), output=str(tmp_path), lr_scheduler_type="warmup_stable_decay",
                  lr_scheduler_kwargs={"num_decay_steps": 4}, warmup_steps=2, **SMALL)
@@ -118,6 +119,9 @@ def test_optimizer_settings_reach_the_trainer(sft_model, tmp_path):
     bad = run_cli("rl", "--model", str(tmp_path / "absent"), "--data", str(RL_DATA), "--lr-scheduler-type",
                   "warmup_stable_decay", "-o", str(tmp_path / "bad"))
     assert bad.returncode == 1 and "needs lr_scheduler_kwargs num_decay_steps" in bad.stderr
+    bad = run_cli("rl", "--model", str(tmp_path / "absent"), "--data", str(RL_DATA), "--adam-beta2", "1",
+                  "-o", str(tmp_path / "bad"))
+    assert bad.returncode == 1 and "adam_beta2 = 1.0 is out of range" in bad.stderr
 
 
 @pytest.mark.parametrize("end", ["max_steps", "plateau"])

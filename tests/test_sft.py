@@ -132,7 +132,21 @@ def test_weight_decay_shrinks_matrices_but_not_norms(tiny_model, sft_rows, tmp_p
     assert decayed[norm].mean() > 0.98 and abs(decayed[norm].mean() - plain[norm].mean()) < 0.01
 
 
+def test_adam_betas_reach_the_optimizer_and_change_the_steps(tiny_model, sft_rows, tmp_path):
+    """--adam-beta1/--adam-beta2 reach AdamW (the demo's distill SFT uses beta2 0.95): the checkpointed optimizer
+    carries them, and a shorter squared-gradient memory takes different steps from the same start."""
+    kw = dict(max_steps=4, save_steps=4, learning_rate=1e-3, lr_scheduler_type="constant")
+    default = run(_cfg(tiny_model, sft_rows, tmp_path / "default", **kw))
+    short = run(_cfg(tiny_model, sft_rows, tmp_path / "b95", adam_beta1=0.8, adam_beta2=0.95, **kw))
+    groups = torch.load(short / "checkpoints" / "checkpoint-4" / "optimizer.pt")["param_groups"]
+    assert {tuple(g["betas"]) for g in groups} == {(0.8, 0.95)}
+    assert {tuple(g["betas"]) for g in torch.load(default / "checkpoints" / "checkpoint-4" / "optimizer.pt")[
+        "param_groups"]} == {(0.9, 0.999)}
+    assert _changed(_weights(default), _weights(short))
+
+
 @pytest.mark.parametrize("args, message", [
+    (["--adam-beta2", "1.0"], "adam_beta2 = 1.0 is out of range; AdamW needs 0 <= beta < 1"),
     (["--lr-scheduler-type", "wsd"], "lr_scheduler_type 'wsd' is unknown; use one of"),
     (["--lr-scheduler-type", "warmup_stable_decay"], "needs lr_scheduler_kwargs num_decay_steps"),
     (["-o", "lr_scheduler_kwargs={num_decay_steps: 4}"], "num_decay_steps is not an argument of cosine"),

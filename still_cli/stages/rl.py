@@ -88,6 +88,8 @@ class RLConfig:
     warmup_steps: int = field(default=0, metadata={"help": "Linear warm-up steps (per stage)."})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
     optim: str = field(default="adamw_torch", metadata={"help": "transformers optimizer name (adamw_torch, sgd, ...)."})
+    adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1 (momentum)."})
+    adam_beta2: float = field(default=0.999, metadata={"help": "AdamW beta2 (the squared-gradient average)."})
     adam_epsilon: float = field(default=1e-8, metadata={"help": "AdamW epsilon."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping."})
     per_device_train_batch_size: int = field(default=8, metadata={"help": "Completions (not prompts) per device per micro-batch."})
@@ -144,7 +146,7 @@ class RLConfig:
 
     def __post_init__(self):
         from ..rewards import REWARDS
-        from .sft import check_scheduler
+        from .sft import check_betas, check_scheduler
 
         require(bool(self.model), "rl needs --model (a folder or hub id), e.g. --model runs/sft")
         require(bool(self.data), "rl needs --data problems, e.g. --data math_train or --data problems.jsonl")
@@ -161,6 +163,7 @@ class RLConfig:
                 "TRL does not keep with LoRA (the reference is the base with adapters off); drop one of the two")
         require(self.lora_r > 0, f"lora_r = {self.lora_r} must be > 0")
         check_scheduler(self.lr_scheduler_type, self.lr_scheduler_kwargs)
+        check_betas(self.adam_beta1, self.adam_beta2)
         require(self.num_generations >= 2, f"num_generations = {self.num_generations}: GRPO needs >= 2 per group")
         gen = self.generation_batch_size or self.per_device_train_batch_size * self.gradient_accumulation_steps
         require(gen % self.num_generations == 0,
@@ -468,8 +471,8 @@ def _build_trainer(c: RLConfig, stage: dict[str, Any], k: int, model: Any, token
     args = GRPOConfig(
         output_dir=str(sdir / "checkpoints"), max_steps=stage["max_steps"], learning_rate=get("learning_rate"),
         lr_scheduler_type=c.lr_scheduler_type, lr_scheduler_kwargs=c.lr_scheduler_kwargs,
-        warmup_steps=c.warmup_steps, weight_decay=c.weight_decay,
-        optim=c.optim, adam_epsilon=c.adam_epsilon, max_grad_norm=c.max_grad_norm,
+        warmup_steps=c.warmup_steps, weight_decay=c.weight_decay, optim=c.optim, adam_beta1=c.adam_beta1,
+        adam_beta2=c.adam_beta2, adam_epsilon=c.adam_epsilon, max_grad_norm=c.max_grad_norm,
         per_device_train_batch_size=c.per_device_train_batch_size,
         gradient_accumulation_steps=c.gradient_accumulation_steps, generation_batch_size=c.generation_batch_size,
         **checkpointing_arg(c.gradient_checkpointing), bf16=bf16, use_cpu=not cuda, seed=c.seed, data_seed=c.seed,

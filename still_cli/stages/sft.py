@@ -72,6 +72,10 @@ class SFTStageConfig:
         "help": "The scheduler's own arguments, e.g. {num_decay_steps: 80} for warmup_stable_decay (WSD)."})
     warmup_steps: int = field(default=0, metadata={"help": "Linear warm-up steps."})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1 (momentum)."})
+    adam_beta2: float = field(default=0.999, metadata={
+        "help": "AdamW beta2 (the squared-gradient average). 0.95, as in GPT-3's and Llama's pre-training, let the "
+                "demo's tiny model from scratch learn its arithmetic far sooner than the default 0.999."})
     per_device_train_batch_size: int = field(default=8, metadata={"help": "Rows per device per micro-batch."})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for memory (on for large models)."})
@@ -96,6 +100,7 @@ class SFTStageConfig:
         require(self.learning_rate > 0, f"learning_rate = {self.learning_rate} must be > 0")
         require(self.per_device_train_batch_size >= 1, "per_device_train_batch_size must be >= 1")
         check_scheduler(self.lr_scheduler_type, self.lr_scheduler_kwargs)
+        check_betas(self.adam_beta1, self.adam_beta2)
         require(not (self.packing and self.method == "dpo"), "packing applies to sft only; drop --packing for dpo")
         require(not (self.packing and self.group_by_length),
                 "packing and group_by_length both cut padding and do not combine; drop one of them")
@@ -237,13 +242,22 @@ def _trl_args(c: SFTStageConfig, ckpt_dir: Path, cuda: bool) -> dict[str, Any]:
         output_dir=str(ckpt_dir), num_train_epochs=c.num_train_epochs, max_steps=c.max_steps,
         learning_rate=c.learning_rate, lr_scheduler_type=c.lr_scheduler_type,
         lr_scheduler_kwargs=c.lr_scheduler_kwargs, warmup_steps=c.warmup_steps,
-        weight_decay=c.weight_decay, per_device_train_batch_size=c.per_device_train_batch_size,
+        weight_decay=c.weight_decay, adam_beta1=c.adam_beta1, adam_beta2=c.adam_beta2,
+        per_device_train_batch_size=c.per_device_train_batch_size,
         gradient_accumulation_steps=c.gradient_accumulation_steps, **checkpointing_arg(c.gradient_checkpointing),
         bf16=bf16, use_cpu=not cuda, save_strategy="steps", save_steps=c.save_steps,
         save_total_limit=c.save_total_limit, logging_steps=c.logging_steps, seed=c.seed, data_seed=c.seed,
         report_to=c.report_to, max_length=c.max_length, disable_tqdm=False,
         train_sampling_strategy="group_by_length" if c.group_by_length else "random",
     )
+
+
+def check_betas(beta1: float, beta2: float) -> None:
+    """AdamW's betas (sft and rl configs), checked when the config is built: torch would only refuse them
+    when the optimizer is made, after the model and data have loaded."""
+    for name, b in (("adam_beta1", beta1), ("adam_beta2", beta2)):
+        require(0 <= b < 1, f"{name} = {b} is out of range; AdamW needs 0 <= beta < 1, e.g. --{name.replace('_', '-')} "
+                            f"{0.9 if name == 'adam_beta1' else 0.95}")
 
 
 def checkpointing_arg(on: bool) -> dict[str, bool]:
