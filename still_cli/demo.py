@@ -125,8 +125,8 @@ class Plan:
     # self-improve had left no direct answers (docs/demo-notes.md, "AdamW beta2 0.95"). --quick keeps the merge
     # its tables were measured with
     self_improve_on_kept: bool = False
-    # the same for the tool SFT, where copying the two numbers into code "clicks" as suddenly: on that CPU decay
-    # 0.1 took seed 3 from 13% to 100% on big problems with tools, and the other four seeds stayed at 98.7-100%
+    # AdamW weight decay of the tool SFT, where copying the two numbers into code "clicks" as suddenly: on that CPU
+    # decay 0.1 took seed 3 from 13% to 100% on big problems with tools, and the other four seeds stayed at 98.7-100%
     tool_weight_decay: float = 0.0
     # the tool SFT's schedule: 0 = cosine over the whole stage; N = warmup-stable-decay, the peak lr held
     # until the last N steps. At --quick the copy of the printed product "clicks" at a step that varies with
