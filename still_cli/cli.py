@@ -333,6 +333,18 @@ def main() -> None:
             e.show()
             sys.exit(e.exit_code)
         raise
+    finally:
+        _destroy_process_group()
+
+
+def _destroy_process_group() -> None:
+    """Under `accelerate launch`, tear the process group down while the interpreter is whole: left to exit,
+    Gloo's worker threads can abort a rank after its work is saved ("terminate called without an active
+    exception", SIGABRT; pytorch/pytorch#190489), and the launcher then reports the run failed. Written here
+    because neither transformers' Trainer nor accelerate destroys the group at the end of a run."""
+    dist = sys.modules.get("torch.distributed")  # only if a stage imported torch
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
