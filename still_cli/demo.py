@@ -333,8 +333,8 @@ def run(c: DemoConfig) -> dict[str, Any]:
                               # sampling order: the kept rows follow the model's own mix of correct answers
                               # ("shortest" / "diverse" would pick a correct direct answer first, the shortest)
                               keep_per_problem=2, keep_order="first", output=str(f / "explore"), seed=s))
-        kept = f / "explore" / ("sft.jsonl" if plan.self_improve_on_kept else "merged.jsonl")
-        model = sft(SFTStageConfig(model=r_sft["model"], data=str(kept),
+        rows = f / "explore" / ("sft.jsonl" if plan.self_improve_on_kept else "merged.jsonl")
+        model = sft(SFTStageConfig(model=r_sft["model"], data=str(rows),
                                    output=str(f / "model"), max_steps=plan.self_improve_steps, learning_rate=3e-4,
                                    lr_scheduler_type="cosine", warmup_steps=10, per_device_train_batch_size=32,
                                    max_length=256, save_steps=10_000, logging_steps=25, seed=s,

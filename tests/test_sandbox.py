@@ -95,16 +95,18 @@ def test_grandchildren_die_with_the_session():
                        for p in psutil.process_iter(["cmdline"]))
 
         # Popen returns once forked; the exec into `sleep` may come a moment later on a loaded machine
-        started = time.time() + 5
-        while time.time() < started and not sleeper_alive():
-            time.sleep(0.05)
-        assert sleeper_alive()
+        assert _within(5, sleeper_alive)
 
     # the keeper kills the session's tree once the session process has exited (off the caller's path)
-    deadline = time.time() + 5
-    while time.time() < deadline and sleeper_alive():
+    assert _within(5, lambda: not sleeper_alive())
+
+
+def _within(seconds, cond):
+    """Poll cond until it holds or the seconds run out; its last value."""
+    deadline = time.time() + seconds
+    while not cond() and time.time() < deadline:
         time.sleep(0.05)
-    assert not sleeper_alive()
+    return cond()
 
 
 def test_subprocess_that_hangs_is_killed_with_its_tree():

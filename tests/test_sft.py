@@ -138,10 +138,11 @@ def test_adam_betas_reach_the_optimizer_and_change_the_steps(tiny_model, sft_row
     kw = dict(max_steps=4, save_steps=4, learning_rate=1e-3, lr_scheduler_type="constant")
     default = run(_cfg(tiny_model, sft_rows, tmp_path / "default", **kw))
     short = run(_cfg(tiny_model, sft_rows, tmp_path / "b95", adam_beta1=0.8, adam_beta2=0.95, **kw))
-    groups = torch.load(short / "checkpoints" / "checkpoint-4" / "optimizer.pt")["param_groups"]
-    assert {tuple(g["betas"]) for g in groups} == {(0.8, 0.95)}
-    assert {tuple(g["betas"]) for g in torch.load(default / "checkpoints" / "checkpoint-4" / "optimizer.pt")[
-        "param_groups"]} == {(0.9, 0.999)}
+    def betas(folder):
+        groups = torch.load(folder / "checkpoints" / "checkpoint-4" / "optimizer.pt")["param_groups"]
+        return {tuple(g["betas"]) for g in groups}
+
+    assert betas(short) == {(0.8, 0.95)} and betas(default) == {(0.9, 0.999)}
     assert _changed(_weights(default), _weights(short))
 
 

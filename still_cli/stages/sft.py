@@ -255,9 +255,9 @@ def _trl_args(c: SFTStageConfig, ckpt_dir: Path, cuda: bool) -> dict[str, Any]:
 def check_betas(beta1: float, beta2: float) -> None:
     """AdamW's betas (sft and rl configs), checked when the config is built: torch would only refuse them
     when the optimizer is made, after the model and data have loaded."""
-    for name, b in (("adam_beta1", beta1), ("adam_beta2", beta2)):
-        require(0 <= b < 1, f"{name} = {b} is out of range; AdamW needs 0 <= beta < 1, e.g. --{name.replace('_', '-')} "
-                            f"{0.9 if name == 'adam_beta1' else 0.95}")
+    for name, b, example in (("adam_beta1", beta1, 0.9), ("adam_beta2", beta2, 0.95)):
+        require(0 <= b < 1, f"{name} = {b} is out of range; AdamW needs 0 <= beta < 1, e.g. "
+                            f"--{name.replace('_', '-')} {example}")
 
 
 def checkpointing_arg(on: bool) -> dict[str, bool]:
