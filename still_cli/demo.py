@@ -19,9 +19,9 @@ runs through the same code the subcommands use (the stages' `run()` with their c
 
 After each stage: pass@1 on held-out problems as the papers report it (mean correctness over 3 samples
 per problem at T 0.6, top-p 0.95; overall and per level), mean response length, the share of answers
-with no thought, tool calls per response, and pass@1 on held-out big problems (with and without tools
-at the end). Writes `report.md` (the table), `report.json`, `accuracy.png`, `rl.png`, and every stage's
-outputs and configs under `-o DIR`. A rerun skips finished stages (each leaves a `done.json`).
+with no thought and the accuracy of the others, tool calls per response, and pass@1 on held-out big
+problems (with and without tools at the end). Writes `report.md` (the table), `report.json`,
+`accuracy.png`, `rl.png`, and every stage's outputs and configs under `-o DIR`. A rerun skips finished stages (each leaves a `done.json`).
 
 The orchestrator imports the stages (it is not a stage itself; stages never import each other).
 """
@@ -122,8 +122,11 @@ class Plan:
     # four fifths teacher traces with 30% direct answers, was more SFT: +1.2 to +2.4 points at seeds 0, 1, 3, 4,
     # +6.2 at seed 2, RL then +4.7 to +10.2 on all five. The kept rollouts hold 10-22% direct answers: +4.4 to
     # +11.9 on all five, RL then +2.2 / +5.8 / +3.0 at seeds 0 / 1 / 4, -2.1 / -0.2 at seeds 2 / 3, where
-    # self-improve had left no direct answers (docs/demo-notes.md, "AdamW beta2 0.95"). --quick keeps the merge
-    # its tables were measured with
+    # self-improve had left no direct answers (docs/demo-notes.md, "AdamW beta2 0.95"). Fewer steps did not leave
+    # RL any: 50 and 100 steps at seeds 2 / 3 also took them to 0, and RL then moved -1.8 / +0.2, -5.0 / -0.2.
+    # The teacher's rows of the explored problems added back (no dedup) left RL a share on all five seeds but
+    # self-improve then moved seed 4 by +1.3 only (docs/demo-notes.md, "Where the gains come from"). --quick
+    # keeps the merge its tables were measured with
     self_improve_on_kept: bool = False
     # AdamW weight decay of the tool SFT, where copying the two numbers into code "clicks" as suddenly: on that CPU
     # decay 0.1 took seed 3 from 13% to 100% on big problems with tools, and the other four seeds stayed at 98.7-100%
@@ -236,7 +239,8 @@ def _eval(model: str, data: str, folder: Path, name: str, tools: bool = False, b
     per_problem = {str(k): round(v, 4) for k, v in per_problem_accuracy(samples).items()}
     return {"accuracy": r["pass@1"], "by_level": {k: v["pass@1"] for k, v in r.get("by_level", {}).items()},
             "mean_length": r["mean_length"], "tool_calls": r.get("tool_calls", 0.0),
-            "no_thought": _no_thought(samples), "per_problem": per_problem}
+            "no_thought": _no_thought(samples), "thought_accuracy": _thought_accuracy(samples),
+            "per_problem": per_problem}
 
 
 def _empty_thought(response: str) -> bool:
@@ -250,6 +254,15 @@ def _empty_thought(response: str) -> bool:
 def _no_thought(samples: list[dict[str, Any]]) -> float:
     """Share of an eval's responses (its samples.jsonl rows) that answer directly, with an empty thought."""
     return sum(_empty_thought(r["response"]) for r in samples) / max(len(samples), 1)
+
+
+def _thought_accuracy(samples: list[dict[str, Any]]) -> float | None:
+    """Accuracy of the responses with a non-empty thought (None when there are none). With `no_thought` it
+    splits a stage's change into "answers directly less often" and "gets more right when it thinks"."""
+    from .traces import split_thought
+
+    thought = [r for r in samples if (parts := split_thought(r["response"])) is not None and parts[0].strip()]
+    return sum(bool(r["correct"]) for r in thought) / len(thought) if thought else None
 
 
 def _evals(model: str, d: dict[str, str], folder: Path, tools: bool = False, seed: int = 0,
@@ -429,15 +442,16 @@ def run(c: DemoConfig) -> dict[str, Any]:
 
 def table_markdown(report: dict[str, Any]) -> str:
     levels = sorted({lv for st in report["stages"] for lv in st["heldout"]["by_level"]})
-    head = ["stage", "held-out acc", *[f"L{lv}" for lv in levels], "mean len", "no thought %", "tool calls",
-            "big acc", "big acc, no tools"]
+    head = ["stage", "held-out acc", *[f"L{lv}" for lv in levels], "mean len", "no thought %", "acc with thought",
+            "tool calls", "big acc", "big acc, no tools"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     pct = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
     for st in report["stages"]:
         h, b = st["heldout"], st["big"]
         nb = st.get("big_no_tools", b)
         lines.append("| " + " | ".join([st["stage"], pct(h["accuracy"]), *[pct(h["by_level"].get(lv)) for lv in levels],
-                                        f"{h['mean_length']:.0f}", pct(h.get("no_thought")), f"{h['tool_calls']:.2f}",
+                                        f"{h['mean_length']:.0f}", pct(h.get("no_thought")),
+                                        pct(h.get("thought_accuracy")), f"{h['tool_calls']:.2f}",
                                         pct(b["accuracy"]),
                                         pct(nb["accuracy"])]) + " |")
     return "\n".join(lines)
@@ -460,8 +474,11 @@ def verdicts(report: dict[str, Any]) -> list[str]:
                 + (f" ({n_test} problems)" if n_test else "")
         nt = [st[n]["heldout"].get("no_thought") for n in (prev, cur)]
         moved = None not in nt and abs(nt[1] - nt[0]) > 0.02
+        ta = [st[n]["heldout"].get("thought_accuracy") for n in (prev, cur)]
         out.append(f"- {cur}: held-out accuracy {100 * acc(prev):.1f} -> {100 * acc(cur):.1f}, {word}"
-                   + (f"; answers with no thought {100 * nt[0]:.1f}% -> {100 * nt[1]:.1f}%" if moved else "") + ".")
+                   + (f"; answers with no thought {100 * nt[0]:.1f}% -> {100 * nt[1]:.1f}%" if moved else "")
+                   + (f"; accuracy of answers with a thought {100 * ta[0]:.1f} -> {100 * ta[1]:.1f}"
+                      if moved and None not in ta else "") + ".")
     last = st[names[-1]]
     if "big_no_tools" in last:
         w, wo = last["big"]["accuracy"], last["big_no_tools"]["accuracy"]

@@ -58,23 +58,29 @@ def test_demo_quick_end_to_end(tmp_path):
 
 def test_no_thought_share_counts_only_empty_thoughts(tmp_path):
     from still_cli.data import read_rows
-    from still_cli.demo import _no_thought, table_markdown, verdicts
+    from still_cli.demo import _no_thought, _thought_accuracy, table_markdown, verdicts
 
     samples = tmp_path / "samples.jsonl"
     responses = ["<think>\n</think>\n\nThe answer is \\boxed{3}.", "<think>\n\n</think>\n\nThe answer is \\boxed{4}.",
                  "<think>\nWe need 1 + 2.\n1 + 2 = 3\n</think>\n\nThe answer is \\boxed{3}.", "\\boxed{3}"]
-    samples.write_text("".join(json.dumps({"response": t}) + "\n" for t in responses))
+    correct = [True, False, True, False]
+    samples.write_text("".join(json.dumps({"response": t, "correct": c}) + "\n" for t, c in zip(responses, correct)))
     assert _no_thought(read_rows(samples)) == 0.5
-    row = lambda acc, nt: {"accuracy": acc, "by_level": {"1": acc}, "mean_length": 50, "tool_calls": 0.0,
-                           **({} if nt is None else {"no_thought": nt})}
+    # only the response with a thought counts (right); the one with no thought section (wrong) does not
+    assert _thought_accuracy(read_rows(samples)) == 1.0
+    assert _thought_accuracy(read_rows(samples)[:2]) is None  # all direct answers: no accuracy to give
+    row = lambda acc, nt, ta=None: {"accuracy": acc, "by_level": {"1": acc}, "mean_length": 50, "tool_calls": 0.0,
+                                    **({} if nt is None else {"no_thought": nt}),
+                                    **({} if ta is None else {"thought_accuracy": ta})}
     report = {"stages": [{"stage": "sft", "heldout": row(0.4, None), "big": row(0.0, None)},
-                         {"stage": "self-improve", "heldout": row(0.43, 0.20), "big": row(0.0, 0.0)},
-                         {"stage": "rl", "heldout": row(0.49, 0.0), "big": row(0.0, 0.0)}]}
+                         {"stage": "self-improve", "heldout": row(0.43, 0.20, 0.5), "big": row(0.0, 0.0)},
+                         {"stage": "rl", "heldout": row(0.49, 0.0, 0.49), "big": row(0.0, 0.0)}]}
     table = table_markdown(report)
-    assert "| no thought % |" in table and "| sft | 40.0 | 40.0 | 50 | - |" in table
-    assert "| rl | 49.0 | 49.0 | 50 | 0.0 |" in table
+    assert "| no thought % | acc with thought |" in table and "| sft | 40.0 | 40.0 | 50 | - | - |" in table
+    assert "| rl | 49.0 | 49.0 | 50 | 0.0 | 49.0 |" in table
     said = verdicts(report)
-    assert said[-1] == "- rl: held-out accuracy 43.0 -> 49.0, raised; answers with no thought 20.0% -> 0.0%."
+    assert said[-1] == ("- rl: held-out accuracy 43.0 -> 49.0, raised; answers with no thought 20.0% -> 0.0%; "
+                        "accuracy of answers with a thought 50.0 -> 49.0.")
     assert "no thought" not in said[0]
 
 
