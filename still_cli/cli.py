@@ -239,7 +239,7 @@ def report(run_dir: str = typer.Argument(..., help="A demo, eval, sft or rl run 
 
     Example:  still report runs/demo
     """
-    from .demo import report_main
+    from .report import report_main
 
     typer.echo(report_main(run_dir))
 

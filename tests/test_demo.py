@@ -58,7 +58,8 @@ def test_demo_quick_end_to_end(tmp_path):
 
 def test_no_thought_share_counts_only_empty_thoughts(tmp_path):
     from still_cli.data import read_rows
-    from still_cli.demo import _no_thought, _thought_accuracy, table_markdown, verdicts
+    from still_cli.demo import _no_thought, _thought_accuracy
+    from still_cli.report import table_markdown, verdicts
 
     samples = tmp_path / "samples.jsonl"
     responses = ["<think>\n</think>\n\nThe answer is \\boxed{3}.", "<think>\n\n</think>\n\nThe answer is \\boxed{4}.",
@@ -87,7 +88,7 @@ def test_no_thought_share_counts_only_empty_thoughts(tmp_path):
 def test_verdicts_use_the_paired_standard_error_over_problems():
     """A change counts when the per-problem differences put it 2 standard errors from zero (hand-computed:
     10 of 100 problems gained -> +10.0 +- 3.0 points, 3.3 SE; 2 gained and 1 lost -> +1.0 +- 1.7)."""
-    from still_cli.demo import verdicts
+    from still_cli.report import verdicts
 
     base = {f"p{i}": float(i % 2) for i in range(100)}
     zeros = [k for k, v in base.items() if v == 0]

@@ -210,6 +210,10 @@ def test_curriculum_moves_on_and_resumes_in_stage_two_after_kill9(lora, sft_mode
     assert [r["stage"] for r in rows if r.get("event") == "stage_end"] == ["mid", "hard"]
     assert [r["global_step"] for r in rows if r.get("stage") == "hard" and "event" not in r] == [3, 4, 5, 6, 7, 8]
     assert (out / "model.safetensors").exists()
+    # the report's curves mark where each stage begins, counted in global steps across the kill
+    from still_cli.report import stage_starts
+
+    assert stage_starts([r for r in rows if "reward" in r]) == [(1, "mid"), (3, "hard")]
 
 
 def test_stage_without_learning_signal_fails_before_training(sft_model, tmp_path):
