@@ -74,11 +74,12 @@ def tir_batches(batch: int, rounds: int, threads: int, max_keep: int | None) -> 
     """Calls/s of `rounds` batches of `batch` sessions held at once, one `print(1)` cell each, run by
     `threads` callers (tir._run_cells), on a fresh pool (`max_keep`=64: the old fixed size)."""
     from still_cli import sandbox
+    from still_cli.sandbox import pool
 
-    sandbox._stop_pools()
+    pool._stop_pools()
     if max_keep is not None:
         lim = sandbox.Limits()
-        sandbox._pools[sandbox._pool_key(lim)] = sandbox._Pool(lim, warm=threads, keep=max_keep, max_keep=max_keep)
+        pool._pools[pool._pool_key(lim)] = pool._Pool(lim, warm=threads, keep=max_keep, max_keep=max_keep)
     sessions = [sandbox.Session() for _ in range(batch)]
     with ThreadPoolExecutor(threads) as ex:
         list(ex.map(lambda s: s.run("print(1)"), sessions))  # warm-up batch (not timed)

@@ -13,6 +13,7 @@ import psutil
 import pytest
 
 from still_cli import sandbox
+from still_cli.sandbox import pool as sandbox_pool
 from still_cli.sandbox import Limits, Session, run_python
 
 SECRET = "sk-host-secret-7f3a9c"
@@ -24,7 +25,7 @@ def contained(tmp_path):
     os.environ["STILL_TEST_SECRET"] = SECRET
     yield
     del os.environ["STILL_TEST_SECRET"]
-    sandbox._stop_pools()  # kills the pre-forked, unused sessions and waits for cleanup
+    sandbox_pool._stop_pools()  # kills the pre-forked, unused sessions and waits for cleanup
     deadline = time.time() + 5
     while time.time() < deadline:
         left = [p for p in psutil.process_iter(["uids", "cmdline"]) if p.info["uids"] and p.info["uids"].real == 65534]
@@ -38,10 +39,10 @@ def full() -> bool:
     return "pid-namespace" in sandbox.protections()
 
 
-def fresh_pool(limits: Limits, **kw) -> sandbox._Pool:
+def fresh_pool(limits: Limits, **kw) -> sandbox_pool._Pool:
     """An empty pool for `limits` (no pre-warmed workers), so one session after another gets the same worker."""
-    sandbox._stop_pools()
-    pool = sandbox._pools[sandbox._pool_key(limits)] = sandbox._Pool(limits, warm=0, **kw)
+    sandbox_pool._stop_pools()
+    pool = sandbox_pool._pools[sandbox_pool._pool_key(limits)] = sandbox_pool._Pool(limits, warm=0, **kw)
     return pool
 
 
@@ -207,7 +208,7 @@ def test_basic_isolation_still_contains_the_common_failures(tmp_path):
         assert s.run("import os\n(os.getcwd(), [f for f in os.listdir('.') if f != '.cell_output'])").output == \
             f"({r.output.strip()}, [])\n"
         assert s._worker.pid == pid
-    sandbox._stop_pools()
+    sandbox_pool._stop_pools()
     assert not Path(r.output.strip().strip("'")).exists()  # and removed with its worker
     r = run_python("import socket\nsocket.create_connection(('127.0.0.1', 9))", limits=Limits(isolation="basic"))
     assert "network access is disabled" in r.error
@@ -303,7 +304,7 @@ def test_the_pool_keeps_as_many_workers_as_a_batch_held():
     pool = fresh_pool(Limits(), keep=2, max_keep=3)
     batch(5)
     assert len(pool.idle) == 3
-    sandbox._stop_pools()
+    sandbox_pool._stop_pools()
 
 
 def test_a_session_that_exits_between_cells_is_replaced():
