@@ -325,12 +325,12 @@ def test_cpu_loss_path_matches_trl_fused_head(tiny_model, sft_rows, tmp_path, pa
     from trl import SFTConfig, SFTTrainer
 
     from still_cli.sampling import load_tokenizer
-    from still_cli.stages.sft import _sft_trainer_class
+    from still_cli.stages.sft_trainer import sft_trainer_class
 
     rows = [json.loads(x) for x in sft_rows.read_text().splitlines()]
     args = SFTConfig(output_dir=str(tmp_path), per_device_train_batch_size=8, use_cpu=True, report_to=["none"],
                      assistant_only_loss=True, packing=packing, max_length=128)
-    trainer = _sft_trainer_class()(model=AutoModelForCausalLM.from_pretrained(tiny_model), args=args,
+    trainer = sft_trainer_class()(model=AutoModelForCausalLM.from_pretrained(tiny_model), args=args,
                                    train_dataset=Dataset.from_list(rows), processing_class=load_tokenizer(str(tiny_model)))
     assert type(trainer).compute_loss is not SFTTrainer.compute_loss
     batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
