@@ -244,12 +244,17 @@ def _eval(model: str, data: str, folder: Path, name: str, tools: bool = False, b
             "per_problem": per_problem}
 
 
-def _empty_thought(response: str) -> bool:
-    """A direct answer: a thought section (traces.split_thought) with nothing but whitespace in it."""
+def _thought(response: str) -> str | None:
+    """The response's thought, stripped (traces.split_thought); None when it has no thought section."""
     from .traces import split_thought
 
     parts = split_thought(response)
-    return parts is not None and not parts[0].strip()
+    return None if parts is None else parts[0].strip()
+
+
+def _empty_thought(response: str) -> bool:
+    """A direct answer: a thought section with nothing but whitespace in it."""
+    return _thought(response) == ""
 
 
 def _no_thought(samples: list[dict[str, Any]]) -> float:
@@ -260,9 +265,7 @@ def _no_thought(samples: list[dict[str, Any]]) -> float:
 def _thought_accuracy(samples: list[dict[str, Any]]) -> float | None:
     """Accuracy of the responses with a non-empty thought (None when there are none). With `no_thought` it
     splits a stage's change into "answers directly less often" and "gets more right when it thinks"."""
-    from .traces import split_thought
-
-    thought = [r for r in samples if (parts := split_thought(r["response"])) is not None and parts[0].strip()]
+    thought = [r for r in samples if _thought(r["response"])]
     return sum(bool(r["correct"]) for r in thought) / len(thought) if thought else None
 
 

@@ -229,18 +229,19 @@ def test_stage_without_learning_signal_fails_before_training(sft_model, tmp_path
 
 
 def test_difficulty_estimated_once_and_reused(sft_model, tmp_path):
-    from still_cli.stages.rl import RLConfig, _difficulty_table
     from still_cli.data import read_problems
     from still_cli.sampling import load_tokenizer
+    from still_cli.stages.rl import RLConfig
+    from still_cli.stages.rl_curriculum import difficulty_table
 
     problems = read_problems(str(RL_DATA))[:6]
     c = RLConfig(model=str(sft_model), data=str(RL_DATA), output=str(tmp_path), difficulty_samples=2,
                  difficulty_max_tokens=16, levels={"all": [0.0, 1.0]})
-    table = _difficulty_table(c, tmp_path, problems, load_tokenizer(str(sft_model)))
+    table = difficulty_table(c, tmp_path, problems, load_tokenizer(str(sft_model)))
     assert set(table) == {p["id"] for p in problems}
     assert all(r["num_samples"] == 2 and r["pass_rate"] in (0.0, 0.5, 1.0) for r in table.values())
     before = (tmp_path / "difficulty.jsonl").read_text()
-    _difficulty_table(c, tmp_path, problems[:3] + read_problems(str(RL_DATA))[6:7], load_tokenizer(str(sft_model)))
+    difficulty_table(c, tmp_path, problems[:3] + read_problems(str(RL_DATA))[6:7], load_tokenizer(str(sft_model)))
     lines = (tmp_path / "difficulty.jsonl").read_text().splitlines()
     assert "\n".join(lines[:6]) + "\n" == before and len(lines) == 7  # only the new problem was sampled
 

@@ -26,13 +26,12 @@ def contained(tmp_path):
     yield
     del os.environ["STILL_TEST_SECRET"]
     sandbox_pool._stop_pools()  # kills the pre-forked, unused sessions and waits for cleanup
-    deadline = time.time() + 5
-    while time.time() < deadline:
-        left = [p for p in psutil.process_iter(["uids", "cmdline"]) if p.info["uids"] and p.info["uids"].real == 65534]
-        if not left:
-            break
-        time.sleep(0.05)
-    assert not left, f"stray sandbox processes: {[p.info['cmdline'] for p in left]}"
+
+    def strays():
+        return [p.info["cmdline"] for p in psutil.process_iter(["uids", "cmdline"])
+                if p.info["uids"] and p.info["uids"].real == 65534]
+
+    assert _within(5, lambda: not strays()), f"stray sandbox processes: {strays()}"
 
 
 def full() -> bool:

@@ -2,9 +2,9 @@
 
 import sys
 
-from .zygote import _zygote_main
+from .zygote import zygote_main
 
 if len(sys.argv) == 3 and sys.argv[1] == "--zygote":
-    _zygote_main(int(sys.argv[2]))
+    zygote_main(int(sys.argv[2]))
 else:
     sys.exit("usage: python -m still_cli.sandbox --zygote FD (started by the sandbox itself, not by hand)")

@@ -22,7 +22,7 @@ class _SessionDied(Exception):
 
 class _Worker:
     """One isolated keeper process (namespaces, cgroup and mounts set up once) that hosts one session
-    at a time, each a fresh fork of it. Host side of `_keeper_main`."""
+    at a time, each a fresh fork of it. Host side of `keeper_main`."""
 
     def __init__(self, limits: Limits):
 

@@ -159,7 +159,7 @@ def _fresh_tmpfs(libc, limits: Limits) -> bool:
     return ok
 
 
-def _keeper_main(ctl: Any, limits: Limits, cgroup: str | None) -> None:
+def keeper_main(ctl: Any, limits: Limits, cgroup: str | None) -> None:
     """A worker's keeper: isolated once, then forks one fresh session process per session request,
     and after each session kills whatever the session left running and empties the scratch space.
     Reset = a new fork, so nothing a snippet changed in its Python survives into the next session."""

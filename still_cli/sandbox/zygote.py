@@ -14,7 +14,7 @@ import threading
 import time
 
 from .core import PR_SET_CHILD_SUBREAPER, Limits, libc_
-from .worker import _keeper_main
+from .worker import keeper_main
 
 # The zygote: a warm process (numpy, sympy imported) that forks one worker (keeper) per request.
 # Written here instead of using multiprocessing's forkserver, which re-imports the caller's __main__
@@ -23,7 +23,7 @@ from .worker import _keeper_main
 _KEEP_ENV = ("PATH", "LANG", "LC_ALL", "PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")
 
 
-def _zygote_main(ctl_fd: int) -> None:
+def zygote_main(ctl_fd: int) -> None:
     """`python -m still_cli.sandbox --zygote FD`: serve spawn requests on the control socket FD."""
     import importlib
 
@@ -51,7 +51,7 @@ def _zygote_main(ctl_fd: int) -> None:
             ctl.close()
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             try:
-                _keeper_main(socket.socket(fileno=fds[0]), Limits(**req["limits"]), req["cgroup"])
+                keeper_main(socket.socket(fileno=fds[0]), Limits(**req["limits"]), req["cgroup"])
             finally:
                 os._exit(0)
         os.close(fds[0])

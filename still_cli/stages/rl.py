@@ -37,8 +37,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..config import require
-from .rl_curriculum import (_difficulty_table, _last_checkpoint_step, _load_state, _save_state, _stage_dir,
-                            _stage_problems, _state_model, _trim_metrics, has_run)
+from .rl_curriculum import (difficulty_table, has_run, last_checkpoint_step, load_state, save_state, stage_dir,
+                            stage_problems, state_model, trim_metrics)
 
 log = logging.getLogger("still.rl")
 
@@ -283,9 +283,9 @@ def run(c: RLConfig) -> Path:
         if dist.is_main_process:
             write_resolved(c, out)
         if any(s.get("levels") for s in stages) or c.difficulty:
-            table = _difficulty_table(c, out, problems, tokenizer)
-    state = _load_state(out)
-    per_stage = [_stage_problems(c, s, problems, table) for s in stages]  # fail before training, not between stages
+            table = difficulty_table(c, out, problems, tokenizer)
+    state = load_state(out)
+    per_stage = [stage_problems(c, s, problems, table) for s in stages]  # fail before training, not between stages
     gen = c.generation_batch_size or c.per_device_train_batch_size * c.gradient_accumulation_steps
     need = gen // c.num_generations * dist.num_processes  # distinct prompts one generation round takes
     for s, chosen in zip(stages, per_stage):
@@ -296,19 +296,19 @@ def run(c: RLConfig) -> Path:
     for k, stage in enumerate(stages):
         if k < len(state["finished"]):
             continue
-        sdir = _stage_dir(out, k, stage)
+        sdir = stage_dir(out, k, stage)
         chosen = per_stage[k]
         log.info("stage %d/%d %r: %d problems, up to %d steps", k + 1, len(stages), stage["name"], len(chosen),
                  stage["max_steps"])
-        model = AutoModelForCausalLM.from_pretrained(_state_model(out, state) or c.model, dtype="auto")
+        model = AutoModelForCausalLM.from_pretrained(state_model(out, state) or c.model, dtype="auto")
         trainer = _build_trainer(c, stage, k, model, tokenizer, chosen, sdir, out, state["global_step"], cuda)
         if c.use_peft and (trainer.is_fsdp_enabled or (trainer.is_deepspeed_enabled and getattr(
                 trainer.accelerator.state.deepspeed_plugin, "zero_stage", 0) == 3)):
             raise ConfigError("--use-peft with ZeRO-3 / FSDP is not supported by still rl: the adapters are merged "
                               "at each stage's end, which needs whole weights; use the ddp or zero2 config")
-        ckpt_step = _last_checkpoint_step(sdir / "checkpoints")
+        ckpt_step = last_checkpoint_step(sdir / "checkpoints")
         if dist.is_main_process:  # the steps after the checkpoint (all, without one) run again: drop their old rows
-            _trim_metrics(out / "metrics.jsonl", stage["name"], ckpt_step or 0)
+            trim_metrics(out / "metrics.jsonl", stage["name"], ckpt_step or 0)
         if ckpt_step is not None:
             log.info("resuming stage %r from checkpoint-%d", stage["name"], ckpt_step)
         dist.wait_for_everyone()
@@ -333,12 +333,12 @@ def run(c: RLConfig) -> Path:
             tokenizer.save_pretrained(final)
             _append_metrics(out, {"event": "stage_end", "stage": stage["name"], "stage_index": k + 1, "end": reason,
                                   "steps": steps, "global_step": state["global_step"]})
-            _save_state(out, state)
+            save_state(out, state)
         log.info("stage %r ended after %d steps (%s)", stage["name"], steps, reason)
         del trainer, model
         dist.wait_for_everyone()
     if dist.is_main_process:
-        AutoModelForCausalLM.from_pretrained(_state_model(out, state), dtype="auto").save_pretrained(out)
+        AutoModelForCausalLM.from_pretrained(state_model(out, state), dtype="auto").save_pretrained(out)
         tokenizer.save_pretrained(out)
     return out
 

@@ -26,33 +26,33 @@ def has_run(output: str | Path) -> bool:
     return _state_path(out).exists() or (out / "stages").is_dir()
 
 
-def _load_state(out: Path) -> dict[str, Any]:
+def load_state(out: Path) -> dict[str, Any]:
     p = _state_path(out)
     return json.loads(p.read_text()) if p.exists() else {"finished": [], "global_step": 0}
 
 
-def _state_model(out: Path, state: dict[str, Any]) -> str | None:
+def state_model(out: Path, state: dict[str, Any]) -> str | None:
     """The model the finished stages left. Kept relative to the run folder, so a moved or copied folder
     still resumes (state files of earlier versions hold absolute paths, which the join leaves as they are)."""
     return str(out / state["model"]) if state.get("model") else None
 
 
-def _save_state(out: Path, state: dict[str, Any]) -> None:
+def save_state(out: Path, state: dict[str, Any]) -> None:
     tmp = _state_path(out).with_suffix(".tmp")
     tmp.write_text(json.dumps(state, indent=2))
     os.replace(tmp, _state_path(out))  # atomic: a kill leaves the old or the new state, never half
 
 
-def _stage_dir(out: Path, k: int, stage: dict[str, Any]) -> Path:
+def stage_dir(out: Path, k: int, stage: dict[str, Any]) -> Path:
     return out / "stages" / f"{k + 1}-{stage['name']}"
 
 
-def _last_checkpoint_step(ckpt_dir: Path) -> int | None:
+def last_checkpoint_step(ckpt_dir: Path) -> int | None:
     steps = [int(p.name.split("-")[1]) for p in ckpt_dir.glob("checkpoint-*") if p.name.split("-")[1].isdigit()]
     return max(steps) if steps else None
 
 
-def _trim_metrics(path: Path, stage: str, after_step: int) -> None:
+def trim_metrics(path: Path, stage: str, after_step: int) -> None:
     """Resuming a stage from checkpoint N replays steps > N: drop their old rows so none is duplicated."""
     if not path.exists():
         return
@@ -64,7 +64,7 @@ def _trim_metrics(path: Path, stage: str, after_step: int) -> None:
         os.replace(tmp, path)
 
 
-def _difficulty_table(c: RLConfig, out: Path, problems: list[dict[str, Any]], tokenizer: Any) -> dict[str, Any]:
+def difficulty_table(c: RLConfig, out: Path, problems: list[dict[str, Any]], tokenizer: Any) -> dict[str, Any]:
     from ..data import JsonlAppender
     from ..difficulty import estimate, read_table
 
@@ -89,7 +89,7 @@ def _difficulty_table(c: RLConfig, out: Path, problems: list[dict[str, Any]], to
     return read_table(str(path))
 
 
-def _stage_problems(c: RLConfig, stage: dict[str, Any], problems: list[dict[str, Any]],
+def stage_problems(c: RLConfig, stage: dict[str, Any], problems: list[dict[str, Any]],
                     table: dict[str, Any] | None) -> list[dict[str, Any]]:
     from ..difficulty import informative, level_of
     from ..errors import DataError
