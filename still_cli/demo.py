@@ -11,7 +11,8 @@ runs through the same code the subcommands use (the stages' `run()` with their c
                                         answered with an empty thought) -> rejection sampling
   3 sft                                 imitate the verified traces
   4 explore + sft (self-improve)        rollouts on the training pool; a short low-lr SFT on the verified
-                                        ones (--quick: on them merged with the distilled set, dedup)
+                                        ones plus the teacher's rows of the same problems (--quick: on
+                                        them merged with the whole distilled set, dedup)
   5 rl (staged difficulty)              difficulty = explore's pass rates; medium level, then hard
   6 hint-engineer + sft with tools      CoRT hints in the traces + big problems, continued by the scripted
                                         tool teacher in the sandbox; SFT on the verified tool traces
@@ -117,18 +118,18 @@ class Plan:
     # 0.027, 33.8 -> 68.5%). Whole runs, seeds 0-4: clicks at steps 550-625, SFT 59-78% held-out
     # (docs/demo-notes.md, "AdamW beta2 0.95")
     sft_adam_beta2: float = 0.999
-    # self-improve's SFT data: True = the model's own verified rollouts alone (explore's sft.jsonl: rejection-
-    # sampling fine-tuning, as in STaR / expert iteration); False = those merged into the distilled set (STILL-2's
-    # "add the kept trajectories to the training set"). With the beta2-0.95 SFT (held-out 59-78%) the merged set,
-    # four fifths teacher traces with 30% direct answers, was more SFT: +1.2 to +2.4 points at seeds 0, 1, 3, 4,
-    # +6.2 at seed 2, RL then +4.7 to +10.2 on all five. The kept rollouts hold 10-22% direct answers: +4.4 to
-    # +11.9 on all five, RL then +2.2 / +5.8 / +3.0 at seeds 0 / 1 / 4, -2.1 / -0.2 at seeds 2 / 3, where
-    # self-improve had left no direct answers (docs/demo-notes.md, "AdamW beta2 0.95"). Fewer steps did not leave
-    # RL any: 50 and 100 steps at seeds 2 / 3 also took them to 0, and RL then moved -1.8 / +0.2, -5.0 / -0.2.
-    # The teacher's rows of the explored problems added back (no dedup) left RL a share on all five seeds but
-    # self-improve then moved seed 4 by +1.3 only (docs/demo-notes.md, "Where the gains come from"). --quick
-    # keeps the merge its tables were measured with
-    self_improve_on_kept: bool = False
+    # self-improve's SFT data, all written by `still explore` (docs/demo-notes.md, "Self-improve on the explored
+    # problems' rows"): "all" = the kept rollouts merged into the whole distilled set, dedup (STILL-2's "add the
+    # kept trajectories to the training set"); "kept" = the kept rollouts alone (rejection-sampling fine-tuning,
+    # as in STaR); "explored" = the kept rollouts plus the teacher's rows of the same explored problems, no dedup
+    # (`--merge-scope explored --no-merge-dedup`). Self-improve and RL both gain by when to think (the teacher's
+    # direct answers are rarely right), so the data's share of direct answers splits that gain: the merge's
+    # 29-32% left self-improve +1.2 to +6.2 (within noise at seeds 0, 1, 3) and RL +4.7 to +10.2; the kept
+    # rollouts' 10-22% took the direct answers to 0 at seeds 2 / 3, where RL then moved -2.1 / -0.2. "explored"
+    # over 400 problems (20-25%) raised both on all five seeds, two of the ten within noise; over 1,200 (2,128-
+    # 2,545 rows, 20-24%) all ten by 2.5-11.1 standard errors, and the answers with a thought got more accurate
+    # in self-improve (+0.9 to +6.7 points), a lever RL does not share
+    self_improve_merge: str = "all"
     # AdamW weight decay of the tool SFT, where copying the two numbers into code "clicks" as suddenly: on that CPU
     # decay 0.1 took seed 3 from 13% to 100% on big problems with tools, and the other four seeds stayed at 98.7-100%
     tool_weight_decay: float = 0.0
@@ -155,10 +156,10 @@ PLANS = {
     # of five without the click. The earlier design (4x MLP, unsplit batches, 100 self-improve steps) took
     # 10.7-11.8 min; a 2x MLP (8.1-8.7 min) left seed 1 short of the click (distill + sft 7.7%, 11.9% at lr
     # 5e-3; 3x: 30.7%); docs/demo-notes.md has the rest
-    False: Plan(train=3000, test=400, big_test=100, big_train=2400, sft_steps=900, explore_problems=400,
+    False: Plan(train=3000, test=400, big_test=100, big_train=2400, sft_steps=900, explore_problems=1200,
                 self_improve_steps=200, rl_steps=(15, 15), tool_steps=600, plain_in_tool_mix=2400, mlp_ratio=3,
                 sft_chunks=4, sft_weight_decay=0.1, sft_adam_beta2=0.95, tool_weight_decay=0.1,
-                self_improve_on_kept=True),
+                self_improve_merge="explored"),
     # --quick: the default's shape at hidden 64 (MLP 3x, chunked SFT); the tool stage is most of its time, so it
     # is cut to 400 steps with warmup-stable-decay and 300 plain traces in the mix (shorter rows); 1 eval sample
     # per problem. Measured alone on 2 cores, seeds 0-4 (held-out after rl -> after tools, big with tools):
@@ -346,11 +347,13 @@ def run(c: DemoConfig) -> dict[str, Any]:
         explore(ExploreConfig(model=r_sft["model"], data=d["train"], limit=plan.explore_problems, n=4,
                               prompt_template=PROMPT,
                               temperature=1.0, top_k=SAMPLE_TOP_K, max_tokens=MAX_TOKENS, batch_size=GEN_BATCH,
-                              merge_with=None if plan.self_improve_on_kept else r_sft["distilled"],
+                              merge_with=None if plan.self_improve_merge == "kept" else r_sft["distilled"],
+                              merge_scope="explored" if plan.self_improve_merge == "explored" else "all",
+                              merge_dedup=plan.self_improve_merge != "explored",
                               # sampling order: the kept rows follow the model's own mix of correct answers
                               # ("shortest" / "diverse" would pick a correct direct answer first, the shortest)
                               keep_per_problem=2, keep_order="first", output=str(f / "explore"), seed=s))
-        rows = f / "explore" / ("sft.jsonl" if plan.self_improve_on_kept else "merged.jsonl")
+        rows = f / "explore" / ("sft.jsonl" if plan.self_improve_merge == "kept" else "merged.jsonl")
         model = sft(SFTStageConfig(model=r_sft["model"], data=str(rows),
                                    output=str(f / "model"), max_steps=plan.self_improve_steps, learning_rate=3e-4,
                                    lr_scheduler_type="cosine", warmup_steps=10, per_device_train_batch_size=32,
@@ -359,7 +362,7 @@ def run(c: DemoConfig) -> dict[str, Any]:
         summary = json.loads((f / "explore" / "summary.json").read_text())
         return {"model": str(model), "difficulty": str(f / "explore" / "difficulty.jsonl"),
                 "explore": {k: summary[k] for k in ("mean_pass_rate", "solved_never", "solved_always", "sft_rows",
-                                                    "merged_rows", "duplicates_dropped")},
+                                                    "merged_rows", "merged_previous_rows", "duplicates_dropped")},
                 **evals(model, f)}
     r_self = _step(out, "3-explore-self-improve", s_self)
     stages.append(("explore + self-improve", r_self))

@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,15 @@ def run_cli(*args: str, input: str | None = None, env: dict | None = None, timeo
     """Run the real console entry point in a subprocess: exit codes, stdout and stderr as a user sees them."""
     return subprocess.run([sys.executable, "-m", "still_cli.cli", *args], input=input, capture_output=True,
                           text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def wait_until(cond, seconds: float, poll: float = 0.05):
+    """Poll cond until it holds or the seconds run out; its last value (the kill-and-resume tests wait
+    for a run to get part way before they kill it)."""
+    deadline = time.time() + seconds
+    while not (value := cond()) and time.time() < deadline:
+        time.sleep(poll)
+    return value
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import run_cli
+from conftest import run_cli, wait_until
 from loopback import TeacherServer, arith_responder
 from still_cli.grading import grade
 from still_cli.traces import to_format
@@ -91,9 +91,7 @@ def test_kill9_and_resume_gives_exactly_the_uninterrupted_rows(tmp_path):
         out = tmp_path / "killed.jsonl"
         proc = subprocess.Popen(cmd(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         progress = tmp_path / "killed.progress.jsonl"
-        deadline = time.time() + 60
-        while time.time() < deadline and not (progress.exists() and len(progress.read_text().splitlines()) >= 15):
-            time.sleep(0.01)
+        wait_until(lambda: progress.exists() and len(progress.read_text().splitlines()) >= 15, 60, poll=0.01)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         n_before = len(progress.read_text().splitlines())

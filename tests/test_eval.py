@@ -3,11 +3,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
-from conftest import run_cli
+from conftest import run_cli, wait_until
 from still_cli.metrics import pass_at_k
 
 
@@ -37,12 +36,8 @@ def test_eval_resumes_after_kill_without_regenerating(tmp_path, tiny_model):
     args = [sys.executable, "-m", "still_cli.cli", "eval", "gsm8k", "--model", str(tiny_model), "--n", "2",
             "--max-tokens", "48", "--limit", "40", "--batch-size", "4", "-o", str(out)]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        p = out / "samples.jsonl"
-        if p.exists() and len(p.read_text().splitlines()) >= 10:
-            break
-        time.sleep(0.05)
+    p = out / "samples.jsonl"
+    wait_until(lambda: p.exists() and len(p.read_text().splitlines()) >= 10, 120)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     before = _samples(out)

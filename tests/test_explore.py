@@ -5,10 +5,9 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from conftest import run_cli
+from conftest import run_cli, wait_until
 from loopback import TeacherServer, arith_responder
 from still_cli.grading import grade
 
@@ -77,15 +76,42 @@ def test_merge_with_previous_round_dedups_and_counts_rounds(tmp_path):
     assert s["duplicates_dropped"] == len(new) + 1 and s["merged_rows"] == len(merged)
 
 
+def test_merge_scope_explored_and_no_dedup(tmp_path):
+    pool = _rows(POOL)
+    with TeacherServer(arith_responder) as srv:
+        assert _explore_api(srv.url, tmp_path / "r1").returncode == 0
+        first = _rows(tmp_path / "r1" / "sft.jsonl")
+        # the previous set: round 1's rows (problems of this run), a row of a pool problem past --limit 12,
+        # an old row without a problem field whose user message is no explored problem
+        unexplored = {"problem": pool[20]["problem"], "messages": [
+            {"role": "user", "content": pool[20]["problem"]}, {"role": "assistant", "content": "x"}]}
+        old = {"messages": [{"role": "user", "content": "What is 1 + 1?"}, {"role": "assistant", "content": "2"}]}
+        # and a row with an id of no explored problem (rows with an id are matched by it, not by their text)
+        other_id = {**first[0], "id": "elsewhere-1"}
+        prev = tmp_path / "prev.jsonl"
+        prev.write_text("".join(json.dumps(r) + "\n" for r in [*first, unexplored, old, other_id]))
+        r = _explore_api(srv.url, tmp_path / "r2", "--merge-with", str(prev), "--merge-scope", "explored",
+                         "--no-merge-dedup")
+        assert r.returncode == 0, r.stderr
+        # without --merge-with the merge flags would be ignored: refused instead
+        bad = _explore_api(srv.url, tmp_path / "r3", "--no-merge-dedup")
+    merged = _rows(tmp_path / "r2" / "merged.jsonl")
+    new = _rows(tmp_path / "r2" / "sft.jsonl")
+    # the explored problems' previous rows, then every new row, the reproduced ones included
+    assert merged == [*first, *new] and len(new) == len(first)
+    s = json.loads((tmp_path / "r2" / "summary.json").read_text())
+    assert s["merged_previous_rows"] == len(first) and s["duplicates_dropped"] == 0
+    assert bad.returncode != 0 and "--merge-with" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "r3").exists()
+
+
 def test_kill9_resume_samples_each_problem_once(sft_model, tmp_path):
     out = tmp_path / "ex"
     cmd = [sys.executable, "-m", "still_cli.cli", "explore", "--model", str(sft_model), "--data", str(POOL),
            "--limit", "48", "--n", "4", "--max-tokens", "48", "--batch-size", "8", "-o", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     path = out / "samples.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and not (path.exists() and len(path.read_text().splitlines()) >= 6):
-        time.sleep(0.02)
+    wait_until(lambda: path.exists() and len(path.read_text().splitlines()) >= 6, 120, poll=0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     before = path.read_text().splitlines()

@@ -7,13 +7,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import run_cli, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 RL_DATA = ROOT / "data" / "tiny" / "arith_rl.jsonl"
@@ -178,14 +177,16 @@ def test_curriculum_moves_on_and_resumes_in_stage_two_after_kill9(lora, sft_mode
     out, table = tmp_path / "staged", _difficulty_table(tmp_path / "difficulty.jsonl")
     cmd = _rl_cmd(sft_model, out, table) + (["--use-peft", "--lora-r", "4"] if lora else [])
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 240
+
+    def past_stage_two_checkpoint():
+        rows = _metrics(out) if (out / "metrics.jsonl").exists() else []
+        if any(r.get("stage") == "hard" and r.get("step", 0) >= 3 for r in rows):
+            return True
+        assert proc.poll() is None, "rl exited before it could be killed"
+        return False
+
     try:
-        while time.time() < deadline:  # kill -9 once stage 2 has a checkpoint and is past it
-            rows = _metrics(out) if (out / "metrics.jsonl").exists() else []
-            if any(r.get("stage") == "hard" and r.get("step", 0) >= 3 for r in rows):
-                break
-            assert proc.poll() is None, "rl exited before it could be killed"
-            time.sleep(0.05)
+        wait_until(past_stage_two_checkpoint, 240)  # kill -9 once stage 2 has a checkpoint and is past it
         os.killpg(proc.pid, signal.SIGKILL)
     finally:
         proc.wait()

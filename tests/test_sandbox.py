@@ -12,6 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from conftest import wait_until
 from still_cli import sandbox
 from still_cli.sandbox import pool as sandbox_pool
 from still_cli.sandbox import Limits, Session, run_python
@@ -31,7 +32,7 @@ def contained(tmp_path):
         return [p.info["cmdline"] for p in psutil.process_iter(["uids", "cmdline"])
                 if p.info["uids"] and p.info["uids"].real == 65534]
 
-    assert _within(5, lambda: not strays()), f"stray sandbox processes: {strays()}"
+    assert wait_until(lambda: not strays(), 5), f"stray sandbox processes: {strays()}"
 
 
 def full() -> bool:
@@ -95,18 +96,10 @@ def test_grandchildren_die_with_the_session():
                        for p in psutil.process_iter(["cmdline"]))
 
         # Popen returns once forked; the exec into `sleep` may come a moment later on a loaded machine
-        assert _within(5, sleeper_alive)
+        assert wait_until(sleeper_alive, 5)
 
     # the keeper kills the session's tree once the session process has exited (off the caller's path)
-    assert _within(5, lambda: not sleeper_alive())
-
-
-def _within(seconds, cond):
-    """Poll cond until it holds or the seconds run out; its last value."""
-    deadline = time.time() + seconds
-    while not cond() and time.time() < deadline:
-        time.sleep(0.05)
-    return cond()
+    assert wait_until(lambda: not sleeper_alive(), 5)
 
 
 def test_subprocess_that_hangs_is_killed_with_its_tree():

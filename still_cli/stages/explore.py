@@ -13,7 +13,12 @@ Reads problem rows (`--data`: file, pool name, or `-`). Writes to the `-o DIR` f
   sft.jsonl         kept correct trajectories (at most `keep_per_problem` per problem, `keep_order`)
   pairs.jsonl       `{prompt, chosen, rejected}` preference pairs (conversational), for `sft --method dpo`
   merged.jsonl      with `--merge-with FILE`: FILE's rows + the new ones, deduplicated by
-                    (normalised problem, normalised response): the next round's SFT set
+                    (normalised problem, normalised response): the next round's SFT set.
+                    `--merge-scope explored` keeps only FILE's rows of the problems explored in this
+                    run, matched by id (by problem text for rows without one): the teacher's and the
+                    model's own solutions of the same problems;
+                    `--no-merge-dedup` keeps the new rows that repeat one of FILE's, so a trace the
+                    model reproduced counts twice
   config.yaml, summary.json
 `-o -` writes no folder and prints the training rows (merged ones with --merge-with) on stdout.
 
@@ -58,6 +63,10 @@ class ExploreConfig(BackendSettings, ToolSettings):
         "help": "Which correct trajectories first: shortest, diverse (least similar), first (sampling order)."})
     max_pairs_per_problem: int | None = field(default=2, metadata={"help": "Preference pairs per problem; None = all."})
     merge_with: str | None = field(default=None, metadata={"help": "Previous training rows to merge the new ones into (dedup)."})
+    merge_scope: Literal["all", "explored"] = field(default="all", metadata={
+        "help": "Rows of --merge-with to keep: all, or explored (only those of this run's problems: by id, else text)."})
+    merge_dedup: bool = field(default=True, metadata={
+        "help": "Drop new rows that repeat a --merge-with row; --no-merge-dedup keeps them (a reproduced trace counts twice)."})
     round: int | None = field(default=None, metadata={"help": "Self-improve round recorded in outputs; None = previous round + 1."})
     limit: int | None = field(default=None, metadata={"help": "Only the first N problems."})
     problem_field: str = field(default="problem", metadata={"help": "Column holding the problem text."})
@@ -72,6 +81,8 @@ class ExploreConfig(BackendSettings, ToolSettings):
         require(bool(self.output), "explore needs an output folder; add -o runs/explore (or -o - for stdout)")
         require(self.n >= 2, f"n = {self.n}: exploring needs >= 2 rollouts per problem")
         require(self.keep_per_problem is None or self.keep_per_problem >= 1, "keep_per_problem must be >= 1 or null")
+        require(bool(self.merge_with) or (self.merge_scope == "all" and self.merge_dedup),
+                "--merge-scope / --no-merge-dedup shape the --merge-with merge; add --merge-with FILE or drop them")
 
 
 _SAMPLE_KEYS = ("model", "backend", "n", "temperature", "top_p", "top_k", "max_tokens", "seed", "prompt_template",
@@ -164,7 +175,7 @@ def run(c: ExploreConfig) -> dict[str, Any]:
     from ..config import write_resolved
     from ..data import JsonlAppender, read_problems, rewrite_rows, write_rows
     from ..errors import DataError
-    from ..traces import merge_dedup
+    from ..traces import merge_dedup, normalize_text, row_key
 
     problems = read_problems(c.data, problem_field=c.problem_field, answer_field=c.answer_field,
                              id_field=c.id_field)[: c.limit]
@@ -193,7 +204,15 @@ def run(c: ExploreConfig) -> dict[str, Any]:
         records = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines() if x.strip()]
         records = [r for r in records if r["id"] in wanted]
     derived = _derive(c, records, round_)
-    merged, dups = merge_dedup(previous, derived["sft"]) if c.merge_with else (derived["sft"], 0)
+    if c.merge_scope == "explored":  # the previous rows of this run's problems: by id, by problem text without one
+        ids, texts = set(positions), {normalize_text(p["problem"]) for p in problems}
+        previous = [r for r in previous if (r["id"] in ids if "id" in r else row_key(r)[0] in texts)]
+    if not c.merge_with:
+        merged, dups = derived["sft"], 0
+    elif c.merge_dedup:
+        merged, dups = merge_dedup(previous, derived["sft"])
+    else:
+        merged, dups = [*previous, *derived["sft"]], 0
     if c.output == "-":
         write_rows(merged, "-")
     else:
@@ -207,13 +226,14 @@ def run(c: ExploreConfig) -> dict[str, Any]:
                "mean_pass_rate": sum(rates) / len(rates) if rates else 0.0,
                "solved_never": sum(r == 0 for r in rates), "solved_always": sum(r == 1 for r in rates),
                "sft_rows": len(derived["sft"]), "pairs": len(derived["pairs"]),
-               "merged_rows": len(merged) if c.merge_with else None, "duplicates_dropped": dups}
+               "merged_rows": len(merged) if c.merge_with else None,
+               "merged_previous_rows": len(previous) if c.merge_with else None, "duplicates_dropped": dups}
     if c.output != "-":
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     log.info("explore round %d: %d problems (%d resumed), mean pass rate %.3f (never %d, always %d), %d sft rows, "
              "%d pairs%s", round_, summary["problems"], resumed, summary["mean_pass_rate"], summary["solved_never"],
              summary["solved_always"], summary["sft_rows"], summary["pairs"],
-             f", merged {len(merged)} rows ({dups} duplicates dropped)" if c.merge_with else "")
+             f", merged {len(merged)} rows ({len(previous)} previous, {dups} duplicates dropped)" if c.merge_with else "")
     return summary
 
 
