@@ -126,9 +126,10 @@ class Plan:
     # direct answers are rarely right), so the data's share of direct answers splits that gain: the merge's
     # 29-32% left self-improve +1.2 to +6.2 (within noise at seeds 0, 1, 3) and RL +4.7 to +10.2; the kept
     # rollouts' 10-22% took the direct answers to 0 at seeds 2 / 3, where RL then moved -2.1 / -0.2. "explored"
-    # over 400 problems (20-25%) raised both on all five seeds, two of the ten within noise; over 1,200 (2,128-
-    # 2,545 rows, 20-24%) all ten by 2.5-11.1 standard errors, and the answers with a thought got more accurate
-    # in self-improve (+0.9 to +6.7 points), a lever RL does not share
+    # over 400 problems (20-25%) raised both on all five seeds, two of the ten within noise; over 1,200 (2,170-
+    # 2,539 rows) self-improve +6.7 to +12.3 on all five, RL +3.7 to +7.1 at seeds 0, 1, 3, 4 and +1.6 (within
+    # noise) at seed 2, and the answers with a thought got more accurate in self-improve (+0.9 to +6.6 points),
+    # a lever RL does not share
     self_improve_merge: str = "all"
     # AdamW weight decay of the tool SFT, where copying the two numbers into code "clicks" as suddenly: on that CPU
     # decay 0.1 took seed 3 from 13% to 100% on big problems with tools, and the other four seeds stayed at 98.7-100%
@@ -148,14 +149,15 @@ class Plan:
 
 PLANS = {
     # default: hidden 128 with a 3x MLP, the two plain SFTs in length-sorted chunks, AdamW weight decay 0.1 in the
-    # distill and tool SFT and beta2 0.95 in the distill SFT, 200 self-improve steps on the model's own kept
-    # rollouts. Measured alone on 2 cores (Xeon, CPU model 207), seeds 0-4 (held-out %, sft -> self-improve ->
-    # rl -> tools, big with tools): 68.6 -> 80.5 -> 82.7 -> 74.4, 100; 77.9 -> 84.6 -> 90.4 -> 87.7, 100;
-    # 59.0 -> 70.0 -> 67.9 -> 77.3, 100; 62.2 -> 73.6 -> 73.3 -> 89.2, 100; 73.0 -> 77.4 -> 80.4 -> 91.7, 100;
-    # 8.8-10.1 min on a slow hour. Before beta2 0.95 (self-improve on the merged set): SFT 13.9-65.2%, one seed
-    # of five without the click. The earlier design (4x MLP, unsplit batches, 100 self-improve steps) took
-    # 10.7-11.8 min; a 2x MLP (8.1-8.7 min) left seed 1 short of the click (distill + sft 7.7%, 11.9% at lr
-    # 5e-3; 3x: 30.7%); docs/demo-notes.md has the rest
+    # distill and tool SFT and beta2 0.95 in the distill SFT, explore on 1,200 problems, 200 self-improve steps on
+    # the kept rollouts plus the teacher's rows of those problems. Measured alone on 2 cores (Xeon, CPU model
+    # 207), seeds 0-4 (held-out %, sft -> self-improve -> rl -> tools, big with tools): 68.6 -> 78.2 -> 81.8 ->
+    # 76.8, 94; 77.9 -> 87.0 -> 93.2 -> 95.5, 100; 59.0 -> 71.3 -> 72.8 -> 79.0, 100; 62.2 -> 70.0 -> 77.1 ->
+    # 86.2, 100; 73.0 -> 79.7 -> 83.4 -> 90.8, 100; 9.3 min (seed 0, CI), 10.1-11.3 min on a slow hour.
+    # With the kept rollouts of 400 problems alone: RL -2.1 / -0.2 at seeds 2 / 3, 8.8-10.1 min. Before beta2
+    # 0.95 (self-improve on the merged set): SFT 13.9-65.2%, one seed of five without the click. The earlier
+    # design (4x MLP, unsplit batches, 100 self-improve steps) took 10.7-11.8 min; a 2x MLP (8.1-8.7 min) left
+    # seed 1 short of the click (distill + sft 7.7%, 11.9% at lr 5e-3; 3x: 30.7%); docs/demo-notes.md has the rest
     False: Plan(train=3000, test=400, big_test=100, big_train=2400, sft_steps=900, explore_problems=1200,
                 self_improve_steps=200, rl_steps=(15, 15), tool_steps=600, plain_in_tool_mix=2400, mlp_ratio=3,
                 sft_chunks=4, sft_weight_decay=0.1, sft_adam_beta2=0.95, tool_weight_decay=0.1,
