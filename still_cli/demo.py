@@ -36,7 +36,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from .report import table_markdown, verdicts, write_report
 
@@ -130,7 +130,7 @@ class Plan:
     # 2,539 rows) self-improve +6.7 to +12.3 on all five, RL +3.7 to +7.1 at seeds 0, 1, 3, 4 and +1.6 (within
     # noise) at seed 2, and the answers with a thought got more accurate in self-improve (+0.9 to +6.6 points),
     # a lever RL does not share
-    self_improve_merge: str = "all"
+    self_improve_merge: Literal["all", "kept", "explored"] = "all"
     # AdamW weight decay of the tool SFT, where copying the two numbers into code "clicks" as suddenly: on that CPU
     # decay 0.1 took seed 3 from 13% to 100% on big problems with tools, and the other four seeds stayed at 98.7-100%
     tool_weight_decay: float = 0.0
@@ -438,7 +438,8 @@ def run(c: DemoConfig) -> dict[str, Any]:
     r_tools = _step(out, "5-hint-engineer-sft-tools", s_tools)
     stages.append(("hint-engineer + sft, eval --tools", r_tools))
 
-    report = {"seed": c.seed, "quick": c.quick, "direct_answers": c.direct_answers, "eval_samples": plan.eval_samples,
+    report = {"seed": c.seed, "quick": c.quick, "direct_answers": c.direct_answers,
+              "eval": {"samples": plan.eval_samples, "temperature": EVAL_T, "top_p": EVAL_TOP_P, "top_k": SAMPLE_TOP_K},
               "stages": [{"stage": n, **r} for n, r in stages]}
     (out / "report.json").write_text(json.dumps(report, indent=2))
     write_report(out, report)

@@ -87,12 +87,13 @@ def _samples_words(n: int) -> str:
 
 
 def write_report(out: Path, report: dict[str, Any]) -> None:
-    from .demo import EVAL_SAMPLES, EVAL_T, EVAL_TOP_P, SAMPLE_TOP_K
-
-    samples = _samples_words(report.get("eval_samples", EVAL_SAMPLES))  # reports before it was recorded: 3
+    # the sampling settings come from report.json itself (the demo records them), so this module needs nothing
+    # from the demo's; a report.json written before they were recorded says so instead
+    e = report.get("eval")
+    how = (f"{_samples_words(e['samples'])} per problem, T {e['temperature']}, top-p {e['top_p']}, top-k {e['top_k']}"
+           if e else "sampling settings not recorded in this report.json")
     md = ["# still demo report", "", f"seed {report['seed']}, {'quick' if report['quick'] else 'default'} settings; "
-          f"pass@1 ({samples} per problem, T {EVAL_T}, top-p {EVAL_TOP_P}, top-k {SAMPLE_TOP_K}; 1 sample for the "
-          "untrained model) on held-out "
+          f"pass@1 ({how}; 1 sample for the untrained model) on held-out "
           "problems (levels = number of operations) and on 'big' problems (products of two 2-digit numbers).",
           "", table_markdown(report), "", "What it shows:", "", *verdicts(report), ""]
     (out / "report.md").write_text("\n".join(md))

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import os
 import re
+from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -50,11 +52,15 @@ class TIRSettings:
     parallel: int = 0
 
 
+def _last(matches: Iterator[re.Match[str]]) -> re.Match[str] | None:
+    """The last of an iterator of matches, or None."""
+    tail = deque(matches, maxlen=1)
+    return tail[0] if tail else None
+
+
 def open_code(text: str) -> str | None:
     """The code of a ```python block that is open at the end of `text` (no closing fence yet)."""
-    m = None
-    for m in _OPEN.finditer(text):
-        pass
+    m = _last(_OPEN.finditer(text))
     if m is None:
         return None
     body = text[m.end():]
@@ -66,9 +72,7 @@ def closed_code(text: str) -> str | None:
     stripped = text.rstrip()
     if not stripped.endswith("```"):
         return None
-    m = None
-    for m in _OPEN.finditer(stripped):
-        pass
+    m = _last(_OPEN.finditer(stripped))
     if m is None:
         return None
     body = stripped[m.end():-3]

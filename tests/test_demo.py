@@ -26,6 +26,9 @@ def test_demo_quick_end_to_end(tmp_path):
     assert last["big"]["tool_calls"] > 0.5  # the sandbox is called where the numbers are too big
     assert last["big"]["accuracy"] >= last["big_no_tools"]["accuracy"] + 0.5
     assert "| untrained |" in r.stdout and "tools on big problems" in r.stdout
+    # report.md names the eval settings report.json recorded (--quick: 1 sample per problem)
+    assert report["eval"] == {"samples": 1, "temperature": 0.6, "top_p": 0.95, "top_k": 50}
+    assert "pass@1 (1 sample per problem, T 0.6, top-p 0.95, top-k 50;" in (out / "report.md").read_text()
     # every stage's outputs and configs are kept
     assert (out / "2-distill-sft" / "distilled.config.yaml").exists()
     assert (out / "4-rl-staged" / "done.json").exists()

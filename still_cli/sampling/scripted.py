@@ -46,7 +46,7 @@ class ScriptedSampler:
         from ..tasks import teacher_trace
 
         out = []
-        for i, prompt in enumerate(prompts):
+        for prompt in prompts:
             text = prompt if isinstance(prompt, str) else prompt[-1]["content"]
             m = _PROBLEM.search(text)
             if m is None:
