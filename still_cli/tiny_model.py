@@ -35,8 +35,9 @@ class InitModelConfig:
     max_position_embeddings: int = field(default=4096, metadata={"help": "Longest sequence the model accepts."})
     seed: int = field(default=0, metadata={"help": "Seed for the random weights."})
     corpus: str | None = field(default=None, metadata={
-        "help": "Extra text (a .txt file, or a dataset whose `problem`/`solution` text is used) to train "
-                "the tokenizer on; None = the shipped MATH training text only."})
+        "help": "Extra text (a .txt file, or a dataset whose `problem`/`solution`/`completion`/`text` fields are "
+                "used) to train the tokenizer on, e.g. the task's own traces; None = the shipped MATH training "
+                "text only."})
 
     def __post_init__(self):
         require(bool(self.output), "init-model needs an output folder; give OUT_DIR, e.g. still init-model runs/tiny")

@@ -115,3 +115,35 @@ def test_verdicts_use_the_paired_standard_error_over_problems():
     # 1 of 20 big problems gained: +5.0 +- 5.0, 1.0 SE
     assert said[2] == ("- tools on big problems: 0.0 without the sandbox -> 5.0 with it, no gain shown (+5.0 ± 5.0 "
                        "points paired over 20 problems, under 2 standard errors).")
+
+
+def test_task_tokenizer_corpus_shortens_the_task_text(tmp_path):
+    """The default plan trains the tiny BPE on the task's own text too (init-model --corpus): the teacher's
+    traces and the tool traces take fewer tokens, and the corpus holds the training problems it was given, no
+    others (the demo gives it the training pool, which shares no problem text with the held-out sets)."""
+    from transformers import AutoTokenizer
+
+    from still_cli import tasks
+    from still_cli.demo import PLANS, _tokenizer_corpus
+    from still_cli.tiny_model import build_tokenizer
+
+    assert PLANS[False].task_tokenizer and not PLANS[True].task_tokenizer
+    train = tasks.problems(1000, seed=0, prefix="train", max_operand=9)
+    big = tasks.big_problems(800, seed=30_000, prefix="bigtrain", digits=2, op="*")
+    corpus = _tokenizer_corpus(tmp_path / "corpus.jsonl", train, big)
+    rows = [json.loads(x) for x in open(corpus)]
+    assert len(rows) == 1800 and {r["problem"] for r in rows} == {p["problem"] for p in train + big}
+    tool = rows[-1]["completion"]
+    assert "```python\nprint(" in tool and "```output\n" in tool and tool.endswith("\\boxed{" + big[-1]["answer"] + "}.")
+    held_out = [tasks.teacher_trace(p["problem"]) for p in tasks.problems(200, seed=10_000, prefix="t", max_operand=9)]
+    plain, task = build_tokenizer(1024), build_tokenizer(1024, corpus)
+    for text in held_out + [tool]:
+        assert task.decode(task(text)["input_ids"]) == text
+    n_plain = sum(len(plain(t)["input_ids"]) for t in held_out)
+    n_task = sum(len(task(t)["input_ids"]) for t in held_out)
+    assert n_task < 0.93 * n_plain, (n_task, n_plain)
+    assert len(task(tool)["input_ids"]) < 0.8 * len(plain(tool)["input_ids"])
+    assert type(task).__name__ == "Qwen2Tokenizer"  # Qwen2's own split rule: AutoTokenizer reloads it as trained
+    task.save_pretrained(tmp_path / "tok")
+    again = AutoTokenizer.from_pretrained(tmp_path / "tok")
+    assert again(tool)["input_ids"] == task(tool)["input_ids"]
