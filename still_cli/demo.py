@@ -147,18 +147,21 @@ class Plan:
     eval_samples: int = 3
     # the tiny tokenizer's BPE: False = trained on the shipped MATH text; True = with the task's own text added
     # (_tokenizer_corpus, init-model --corpus), so words the traces repeat ("Correct", "python", "output") are one
-    # token each. A distilled row then takes 77 tokens instead of 86, a tool trace 73 instead of 111, and every
-    # training step and generated answer is shorter
+    # token each. A distilled SFT row then takes 84 tokens instead of 93, a tool trace 87 instead of 125, and an
+    # SFT step 0.90x / 0.65x the time (benchmarks/task_tokenizer.py); every generated answer is shorter too
     task_tokenizer: bool = False
 
 
 PLANS = {
-    # default: hidden 128 with a 3x MLP, the two plain SFTs in length-sorted chunks, AdamW weight decay 0.1 in the
-    # distill and tool SFT and beta2 0.95 in the distill SFT, explore on 1,200 problems, 200 self-improve steps on
-    # the kept rollouts plus the teacher's rows of those problems. Measured alone on 2 cores (Xeon, CPU model
-    # 207), seeds 0-4 (held-out %, sft -> self-improve -> rl -> tools, big with tools): 68.6 -> 78.2 -> 81.8 ->
-    # 76.8, 94; 77.9 -> 87.0 -> 93.2 -> 95.5, 100; 59.0 -> 71.3 -> 72.8 -> 79.0, 100; 62.2 -> 70.0 -> 77.1 ->
-    # 86.2, 100; 73.0 -> 79.7 -> 83.4 -> 90.8, 100; 9.3 min (seed 0, CI), 10.1-11.3 min on a slow hour.
+    # default: hidden 128 with a 3x MLP, the tiny BPE trained on the task's text too, the two plain SFTs in
+    # length-sorted chunks, AdamW weight decay 0.1 in the distill and tool SFT and beta2 0.95 in the distill SFT,
+    # explore on 1,200 problems, 200 self-improve steps on the kept rollouts plus the teacher's rows of those
+    # problems. Measured alone on 2 cores (AMD EPYC, CPU model 17), seeds 0-4 (held-out %, sft -> self-improve ->
+    # rl -> tools, big with tools): 64.2 -> 71.6 -> 76.1 -> 71.7, 86.3; 47.7 -> 58.6 -> 62.7 -> 70.3, 75.0; 64.7
+    # -> 71.0 -> 73.1 -> 67.0, 88.3; 81.4 -> 84.2 -> 92.0 -> 97.1, 100; 74.6 -> 83.3 -> 87.1 -> 86.5, 100;
+    # 8.8-9.1 min. With the MATH-only tokenizer: 10.1-11.3 min on that machine (seeds 0-2, big 100 with tools);
+    # on a Xeon (CPU model 207) 68.6 -> 78.2 -> 81.8 -> 76.8, 94; 77.9 -> 87.0 -> 93.2 -> 95.5, 100; 59.0 ->
+    # 71.3 -> 72.8 -> 79.0, 100; 62.2 -> 70.0 -> 77.1 -> 86.2, 100; 73.0 -> 79.7 -> 83.4 -> 90.8, 100; 9.3-11.3 min.
     # With the kept rollouts of 400 problems alone: RL -2.1 / -0.2 at seeds 2 / 3, 8.8-10.1 min. Before beta2
     # 0.95 (self-improve on the merged set): SFT 13.9-65.2%, one seed of five without the click. The earlier
     # design (4x MLP, unsplit batches, 100 self-improve steps) took 10.7-11.8 min; a 2x MLP (8.1-8.7 min) left
