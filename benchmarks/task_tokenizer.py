@@ -35,7 +35,9 @@ def main() -> None:
     from still_cli import tasks
     from still_cli.demo import BIG_DIGITS, BIG_OP, MAX_OPERAND, PLANS, _tokenizer_corpus
     from still_cli.stages.sft import SFTStageConfig, run as sft
-    from still_cli.tiny_model import InitModelConfig, build_tokenizer, init_model
+    from transformers import AutoTokenizer
+
+    from still_cli.tiny_model import InitModelConfig, init_model
 
     plan = PLANS[False]
     train = tasks.problems(plan.train, seed=args.seed, prefix="train", max_operand=MAX_OPERAND)
@@ -57,7 +59,7 @@ def main() -> None:
             models[side] = init_model(InitModelConfig(output=str(tmp_path / side), hidden_size=plan.hidden_size,
                                                       intermediate_size=plan.mlp_ratio * plan.hidden_size,
                                                       seed=args.seed, corpus=c))
-            toks[side] = build_tokenizer(1024, c)
+            toks[side] = AutoTokenizer.from_pretrained(models[side])  # the one init-model trained and saved
         print(f"demo default model, seed {args.seed}, {len(train)} distilled rows, {len(big)} tool rows")
         print("rows | tokens per row, MATH-only tokenizer | with the task's text | ratio")
         for kind, rs in kinds.items():
